@@ -1,0 +1,3 @@
+"""tfrobust: adversarially robust training for TensorFlow/Keras."""
+
+__version__ = "0.1.0"

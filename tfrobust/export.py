@@ -1,0 +1,75 @@
+"""SavedModel export of a trained classifier, and loading it back as a logits function.
+
+The SavedModel has one endpoint, `serve`: float32 images [N, H, W, C] in [0, 1] ->
+{"logits", "probabilities"}. It is written to a temporary sibling directory and renamed into
+place, so a crash never leaves a half-written export that looks complete.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from typing import Callable
+
+import keras
+import tensorflow as tf
+
+SERVING_ENDPOINT = "serve"
+
+
+class ExportError(ValueError):
+    """A SavedModel that cannot be written or read as a tfrobust export."""
+
+
+def export_classifier(classifier: keras.Model, path: str) -> str:
+    """Write `classifier` as a SavedModel at `path` (replacing an existing export there)."""
+    path = os.path.abspath(path)
+    parent = os.path.dirname(path)
+    os.makedirs(parent, exist_ok=True)
+    archive = keras.export.ExportArchive()
+    archive.track(classifier)
+    spec = tf.TensorSpec([None, *classifier.input_shape[1:]], tf.float32, name="images")
+
+    def serve(images):
+        logits = tf.cast(classifier(images, training=False), tf.float32)
+        return {"logits": logits, "probabilities": tf.nn.softmax(logits)}
+
+    archive.add_endpoint(SERVING_ENDPOINT, serve, input_signature=[spec])
+    staging = tempfile.mkdtemp(prefix=".export-", dir=parent)
+    try:
+        archive.write_out(staging, verbose=False)
+        if os.path.exists(path):
+            old = path + ".old"
+            shutil.rmtree(old, ignore_errors=True)
+            os.rename(path, old)
+            os.rename(staging, path)
+            shutil.rmtree(old)
+        else:
+            os.rename(staging, path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return path
+
+
+def load_logits_fn(path: str) -> Callable[[tf.Tensor], tf.Tensor]:
+    """A differentiable function images -> float32 logits from a SavedModel written here."""
+    if not os.path.isdir(path) or not os.path.exists(os.path.join(path, "saved_model.pb")):
+        raise ExportError(f"no SavedModel at {path!r} (expected a directory with saved_model.pb)")
+    loaded = tf.saved_model.load(path)
+    if not hasattr(loaded, SERVING_ENDPOINT):
+        raise ExportError(f"SavedModel at {path!r} has no '{SERVING_ENDPOINT}' endpoint")
+    serve = getattr(loaded, SERVING_ENDPOINT)
+
+    def logits_fn(images: tf.Tensor) -> tf.Tensor:
+        return serve(tf.cast(images, tf.float32))["logits"]
+
+    logits_fn.loaded = loaded  # keep the loaded object (and its variables) alive
+    return logits_fn
+
+
+def input_shape(path: str) -> tuple[int, ...]:
+    """The per-example input shape (H, W, C) the exported `serve` endpoint accepts."""
+    loaded = tf.saved_model.load(path)
+    spec = getattr(loaded, SERVING_ENDPOINT).concrete_functions[0].structured_input_signature[0][0]
+    return tuple(spec.shape[1:])

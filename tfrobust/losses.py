@@ -1,0 +1,86 @@
+"""The math of each training objective, as short pure functions on logits.
+
+Every function returns per-example values (shape [B]) unless it says otherwise, so the caller
+decides how to average them (under a distribution strategy: over the global batch). Nothing here
+knows about models, attacks or training.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+
+def cross_entropy(logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
+    """Softmax cross-entropy CE(z, y) per example."""
+    return tf.nn.sparse_softmax_cross_entropy_with_logits(
+        labels=tf.cast(labels, tf.int32), logits=tf.cast(logits, tf.float32)
+    )
+
+
+def kl_divergence(p_logits: tf.Tensor, q_logits: tf.Tensor) -> tf.Tensor:
+    """KL(p || q) per example, with p = softmax(p_logits), q = softmax(q_logits).
+
+    Computed from log-softmax on both sides: softmax underflows in float32 and a log of it gives
+    NaN gradients (TRADES, Zhang et al. 2019, eq. 5, uses this KL with p the natural prediction).
+    """
+    log_p = tf.nn.log_softmax(tf.cast(p_logits, tf.float32))
+    log_q = tf.nn.log_softmax(tf.cast(q_logits, tf.float32))
+    return tf.reduce_sum(tf.exp(log_p) * (log_p - log_q), axis=-1)
+
+
+def margin(logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
+    """Carlini-Wagner margin max_{k != y} z_k - z_y per example (positive when misclassified)."""
+    logits = tf.cast(logits, tf.float32)
+    true_mask = tf.one_hot(tf.cast(labels, tf.int32), tf.shape(logits)[-1], dtype=tf.bool)
+    true_logit = tf.reduce_sum(tf.where(true_mask, logits, 0.0), axis=-1)
+    other_best = tf.reduce_max(tf.where(true_mask, -float("inf"), logits), axis=-1)
+    return other_best - true_logit
+
+
+def mart_boosted_cross_entropy(adv_logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
+    """MART's boosted CE (Wang et al. 2020, eq. 6): CE(z', y) - log(1 - max_{k != y} p'_k).
+
+    The constants 1.0001 and 1e-12 are the reference implementation's guards against log(0).
+    """
+    adv_probs = tf.nn.softmax(tf.cast(adv_logits, tf.float32))
+    true_mask = tf.one_hot(tf.cast(labels, tf.int32), tf.shape(adv_probs)[-1], dtype=tf.bool)
+    best_wrong = tf.reduce_max(tf.where(true_mask, -1.0, adv_probs), axis=-1)
+    return cross_entropy(adv_logits, labels) - tf.math.log(1.0001 - best_wrong + 1e-12)
+
+
+def mart_weighted_kl(clean_logits: tf.Tensor, adv_logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
+    """MART's regularizer (Wang et al. 2020, eq. 7): KL(p(x) || p(x')) * (1 - p_y(x)) per example."""
+    clean_probs = tf.nn.softmax(tf.cast(clean_logits, tf.float32))
+    true_prob = tf.gather(clean_probs, tf.cast(labels, tf.int32), batch_dims=1)
+    return kl_divergence(clean_logits, adv_logits) * (1.0000001 - true_prob)
+
+
+def logit_mae(clean_logits: tf.Tensor, adv_logits: tf.Tensor) -> tf.Tensor:
+    """Mean absolute error between clean and adversarial logits, per example (MIMAE-AT's MAE term)."""
+    diff = tf.cast(clean_logits, tf.float32) - tf.cast(adv_logits, tf.float32)
+    return tf.reduce_mean(tf.abs(diff), axis=-1)
+
+
+def prediction_joint(p: tf.Tensor, q: tf.Tensor) -> tf.Tensor:
+    """Unnormalized joint of two prediction variables over a batch: sum_i p_i q_i^T, shape [K, K].
+
+    A sum over examples, so the global-batch joint is the all-reduce SUM of per-replica joints.
+    """
+    return tf.matmul(tf.cast(p, tf.float32), tf.cast(q, tf.float32), transpose_a=True)
+
+
+def mutual_information(joint: tf.Tensor, symmetric: bool = True, floor: float = 1e-8) -> tf.Tensor:
+    """Mutual information I(P) of the K x K joint from `prediction_joint` (a scalar in [0, log K]).
+
+    The estimator of Invariant Information Clustering (Ji et al. 2019, eq. 3): normalize the batch
+    joint, optionally symmetrize it, floor it to keep the logarithms finite, and sum
+    P_ij (log P_ij - log P_i. - log P_.j). MIMAE-AT (Atsague et al. 2021) maximizes this between the
+    natural and adversarial predictions; their exact estimator is not public (see docs/methods.md).
+    """
+    joint = joint / tf.reduce_sum(joint)
+    if symmetric:
+        joint = 0.5 * (joint + tf.transpose(joint))
+    joint = tf.maximum(joint, floor)
+    row = tf.reduce_sum(joint, axis=1, keepdims=True)
+    col = tf.reduce_sum(joint, axis=0, keepdims=True)
+    return tf.reduce_sum(joint * (tf.math.log(joint) - tf.math.log(row) - tf.math.log(col)))

@@ -1,0 +1,107 @@
+"""What a training method is: how it makes its training inputs and which loss terms it adds.
+
+A method never touches the optimizer, the distribution strategy or loss scaling: the training
+step (`tfrobust.robust_model.RobustModel`) hands it a `differentiate` function that turns a loss
+into correctly scaled weight gradients. Most methods only implement `attack_inputs` (run outside
+the gradient tape, so the attack's graph is not kept alive) and `loss` (run inside it); a method
+whose update is a sum of several losses, such as ATENT, overrides `gradients`.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from typing import Callable, ClassVar, Sequence
+
+import keras
+import tensorflow as tf
+
+from tfrobust.attacks import gradient as pgd_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class AttackConfig:
+    """The threat model and the inner maximization used while training."""
+
+    eps: float = 0.3
+    step_size: float = 0.01
+    steps: int = 10
+    norm: str = "linf"
+    bn_training: bool = False  # batch-norm (and dropout) mode of the model while attacking
+
+    def __post_init__(self):
+        pgd_lib.check_norm(self.norm)
+        if not self.eps >= 0 or not self.step_size >= 0 or self.steps < 0:
+            raise ValueError(f"attack needs eps >= 0, step_size >= 0, steps >= 0; got {self}")
+
+
+@dataclasses.dataclass
+class LossOutput:
+    """The loss of one (micro-)batch, as the method computed it.
+
+    per_example: [B] weighted total per example; averaged over the global batch by the caller.
+    batch_loss: a term defined on the whole global batch (the same value on every replica),
+        such as MIMAE's mutual information; 0 when the method has none.
+    terms: metric name -> [B] per-example values or a scalar batch-level value, unweighted.
+    """
+
+    per_example: tf.Tensor
+    terms: dict[str, tf.Tensor]
+    batch_loss: tf.Tensor | float = 0.0
+    clean_logits: tf.Tensor | None = None
+    adv_logits: tf.Tensor | None = None
+
+
+@dataclasses.dataclass
+class StepContext:
+    """What a method may use in one step: the classifier, the attack's model mode and a seed."""
+
+    model: keras.Model
+    seed: tf.Tensor  # [2] stateless seed, different every step
+    attack_training: bool = False
+
+    def logits(self, x: tf.Tensor, training: bool) -> tf.Tensor:
+        return tf.cast(self.model(x, training=training), tf.float32)
+
+    def attack_logits(self, x: tf.Tensor) -> tf.Tensor:
+        return self.logits(x, training=self.attack_training)
+
+
+# differentiate(loss_fn, regularize) -> (LossOutput, gradients of the scaled loss w.r.t. the
+# classifier's trainable variables). `regularize` adds weight decay; a method must ask for it
+# exactly once per step.
+Differentiate = Callable[[Callable[[], LossOutput], bool], tuple[LossOutput, Sequence[tf.Tensor]]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Method(abc.ABC):
+    """Base class: subclasses are frozen dataclasses whose fields are their hyperparameters."""
+
+    attack: AttackConfig = AttackConfig()
+
+    name: ClassVar[str]
+    term_names: ClassVar[tuple[str, ...]]
+    adversarial: ClassVar[bool] = True  # whether training inputs are adversarial
+
+    def attack_inputs(self, ctx: StepContext, x: tf.Tensor, y: tf.Tensor) -> tf.Tensor | None:
+        """The adversarial training inputs, or None. Runs outside the weight-gradient tape."""
+        return None
+
+    @abc.abstractmethod
+    def loss(self, ctx: StepContext, x: tf.Tensor, y: tf.Tensor, x_adv: tf.Tensor | None) -> LossOutput:
+        """The loss on one batch. Runs inside the weight-gradient tape."""
+
+    def gradients(
+        self, ctx: StepContext, x: tf.Tensor, y: tf.Tensor, differentiate: Differentiate
+    ) -> tuple[LossOutput, Sequence[tf.Tensor], tf.Tensor | None]:
+        """(loss output, weight gradients, adversarial inputs) of one training step."""
+        x_adv = self.attack_inputs(ctx, x, y)
+        out, grads = differentiate(lambda: self.loss(ctx, x, y, x_adv), True)
+        return out, grads, x_adv
+
+    def pgd(self, ctx: StepContext, x: tf.Tensor, y: tf.Tensor, **overrides) -> tf.Tensor:
+        """PGD within this method's threat model, attacking in the configured model mode."""
+        a = self.attack
+        kwargs = dict(eps=a.eps, step_size=a.step_size, steps=a.steps, norm=a.norm, seed=ctx.seed)
+        kwargs.update(overrides)
+        return pgd_lib.pgd(ctx.attack_logits, x, y, **kwargs)

@@ -1,0 +1,20 @@
+"""Standard (non-adversarial) training: cross-entropy on clean inputs."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from tfrobust import losses
+from tfrobust.methods.base import LossOutput, Method
+
+
+@dataclasses.dataclass(frozen=True)
+class Standard(Method):
+    name = "standard"
+    term_names = ("ce",)
+    adversarial = False
+
+    def loss(self, ctx, x, y, x_adv):
+        logits = ctx.logits(x, training=True)
+        ce = losses.cross_entropy(logits, y)
+        return LossOutput(per_example=ce, terms={"ce": ce}, clean_logits=logits)

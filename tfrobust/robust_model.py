@@ -1,0 +1,148 @@
+"""`RobustModel`: a `keras.Model` whose `train_step` trains any Keras classifier with a method.
+
+The attack runs inside the compiled step. The loss is averaged over the GLOBAL batch
+(`tf.nn.compute_average_loss`) so that the gradient sum the optimizer all-reduces across replicas
+is the global-batch mean: a plain `tf.reduce_mean` under a distribution strategy would give
+N-times-too-large updates. Weight decay is the coupled L2 of the PyTorch recipes (gradient
++ wd * w on every trainable variable), added once per step.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import keras
+import tensorflow as tf
+
+from tfrobust import losses, rng
+from tfrobust.attacks import gradient as pgd_lib
+from tfrobust.methods.base import AttackConfig, LossOutput, Method, StepContext
+
+
+def _num_replicas() -> int:
+    ctx = tf.distribute.get_replica_context()
+    return ctx.num_replicas_in_sync if ctx is not None else 1
+
+
+def default_eval_attack(attack: AttackConfig, steps: int = 20) -> AttackConfig:
+    """PGD-`steps` in the training threat model, step 2.5 eps / steps (Madry et al.), eval mode."""
+    step = 2.5 * attack.eps / steps if steps else 0.0
+    return AttackConfig(eps=attack.eps, step_size=step, steps=steps, norm=attack.norm, bn_training=False)
+
+
+class RobustModel(keras.Model):
+    """Trains `classifier` with `method`; evaluates clean and PGD accuracy in inference mode.
+
+    Args:
+        classifier: a Keras model mapping [0, 1] images to logits.
+        method: a `tfrobust.methods.Method`.
+        eval_attack: the PGD used by `test_step` (and so by `evaluate` and validation);
+            default `default_eval_attack(method.attack)`.
+        weight_decay: coupled L2 coefficient.
+        seed: base of the per-step stateless seeds (step seed = fold_in(seed, optimizer step)).
+    """
+
+    def __init__(
+        self,
+        classifier: keras.Model,
+        method: Method,
+        *,
+        eval_attack: AttackConfig | None = None,
+        weight_decay: float = 0.0,
+        seed: int = 0,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.classifier = classifier
+        self.method = method
+        self.eval_attack = eval_attack or default_eval_attack(method.attack)
+        self.weight_decay = float(weight_decay)
+        self.seed = int(seed)
+        self.train_step_traces = 0  # counted at trace time: a compiled step traces once per run
+        self._loss_metric = keras.metrics.Mean(name="loss")
+        self._term_metrics = {n: keras.metrics.Mean(name=n) for n in method.term_names}
+        self._clean_acc = keras.metrics.SparseCategoricalAccuracy(name="clean_accuracy")
+        self._adv_acc = keras.metrics.SparseCategoricalAccuracy(name="adv_accuracy")
+        self._adv_loss = keras.metrics.Mean(name="adv_loss")
+
+    def call(self, inputs, training=False):
+        return self.classifier(inputs, training=training)
+
+    def build(self, input_shape):
+        self.classifier.build(input_shape)
+        self.built = True
+
+    def compile(self, *args, **kwargs):
+        super().compile(*args, **kwargs)
+        # Create the optimizer's slots now: a tf.function whose first call creates variables is
+        # traced twice, and the compiled step must be traced once per run.
+        if self.classifier.built and not self.optimizer.built:
+            self.optimizer.build(self.classifier.trainable_variables)
+
+    @property
+    def metrics(self):
+        return [self._loss_metric, *self._term_metrics.values(), self._clean_acc, self._adv_acc,
+                self._adv_loss]
+
+    # -- training -------------------------------------------------------------------------
+
+    def step_seed(self) -> tf.Tensor:
+        return rng.fold_in(rng.as_seed(self.seed), self.optimizer.iterations)
+
+    def _differentiate(self, loss_fn: Callable[[], LossOutput], regularize: bool):
+        variables = self.classifier.trainable_variables
+        with tf.GradientTape() as tape:
+            out = loss_fn()
+            loss = tf.nn.compute_average_loss(out.per_example)
+            loss += tf.cast(out.batch_loss, tf.float32) / _num_replicas()
+            if regularize and self.weight_decay:
+                l2 = tf.add_n([tf.nn.l2_loss(tf.cast(v, tf.float32)) for v in variables])
+                loss += tf.nn.scale_regularization_loss(self.weight_decay * l2)
+            scaled = self.optimizer.scale_loss(loss)
+        return out, tape.gradient(scaled, variables)
+
+    def train_step(self, data):
+        self.train_step_traces += 1
+        x, y = data[0], data[1]
+        ctx = StepContext(self.classifier, self.step_seed(), self.method.attack.bn_training)
+        out, grads, _ = self.method.gradients(ctx, x, y, self._differentiate)
+        self.optimizer.apply_gradients(zip(grads, self.classifier.trainable_variables))
+
+        logs = self._update_loss_metrics(out)
+        clean_logits = out.clean_logits
+        if clean_logits is None:  # e.g. PGD-AT never sees x: one inference pass to monitor it
+            clean_logits = ctx.logits(x, training=False)
+        self._clean_acc.update_state(y, clean_logits)
+        logs.append(self._clean_acc)
+        if out.adv_logits is not None:
+            self._adv_acc.update_state(y, out.adv_logits)
+            logs.append(self._adv_acc)
+        return {m.name: m.result() for m in logs}
+
+    def _update_loss_metrics(self, out: LossOutput) -> list[keras.metrics.Metric]:
+        total = out.per_example + tf.cast(out.batch_loss, tf.float32)
+        self._loss_metric.update_state(total)
+        for name, value in out.terms.items():
+            self._term_metrics[name].update_state(value)
+        return [self._loss_metric, *(self._term_metrics[n] for n in out.terms)]
+
+    # -- evaluation -----------------------------------------------------------------------
+
+    def _eval_logits(self, x):
+        return tf.cast(self.classifier(x, training=False), tf.float32)
+
+    def adversarial_examples(self, x: tf.Tensor, y: tf.Tensor, seed: int | tf.Tensor = 0) -> tf.Tensor:
+        """PGD examples of `eval_attack` against the classifier in inference mode."""
+        a = self.eval_attack
+        return pgd_lib.pgd(self._eval_logits, x, y, eps=a.eps, step_size=a.step_size, steps=a.steps,
+                           norm=a.norm, start="uniform", seed=seed)
+
+    def test_step(self, data):
+        x, y = data[0], data[1]
+        clean_logits = self._eval_logits(x)
+        adv_logits = self._eval_logits(self.adversarial_examples(x, y, seed=self.seed + 1))
+        self._loss_metric.update_state(losses.cross_entropy(clean_logits, y))
+        self._adv_loss.update_state(losses.cross_entropy(adv_logits, y))
+        self._clean_acc.update_state(y, clean_logits)
+        self._adv_acc.update_state(y, adv_logits)
+        return {m.name: m.result() for m in (self._loss_metric, self._clean_acc, self._adv_acc, self._adv_loss)}
