@@ -1,0 +1,123 @@
+"""Training runs and the train runner: outputs, resume, run-directory safety, bad input."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from tfrobust import data, export, training
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RUNNER = os.path.join(ROOT, "runners", "train.py")
+
+
+def _config(tmp_path, **overrides):
+    base = dict(method="pgd_at", epochs=1, batch_size=64, attack_steps=2, eval_steps=2, eval_examples=64,
+                validation_size=64, output_dir=str(tmp_path / "run"), verbose="0")
+    base.update(overrides)
+    return training.TrainConfig(**base)
+
+
+def test_run_writes_logs_checkpoints_and_a_faithful_savedmodel(tmp_path, digits):
+    result = training.train(_config(tmp_path, epochs=2))
+    run = result.run_dir
+    assert result.train_step_traces == 1
+    assert result.steps == 2 * data.steps_per_epoch(len(digits.x_train) - 64, 64)
+    assert os.listdir(os.path.join(run, "logs", "train")) and os.listdir(os.path.join(run, "logs", "images"))
+    assert tf.train.latest_checkpoint(os.path.join(run, "checkpoints")).endswith(f"-{result.steps}")
+    summary = json.load(open(os.path.join(run, "summary.json")))
+    assert summary["adv_accuracy"] == pytest.approx(result.adv_accuracy)
+    # The SavedModel returns the trained classifier's logits.
+    loaded = tf.saved_model.load(result.export_path)
+    x = np.asarray(digits.x_test[:16], np.float32)
+    out = loaded.serve(tf.constant(x))
+    np.testing.assert_allclose(tf.nn.softmax(out["logits"]).numpy(), out["probabilities"].numpy(), atol=1e-6)
+    ckpt_model = _restored_classifier(run, data.load("digits", validation_size=64, seed=0))
+    np.testing.assert_allclose(out["logits"].numpy(), ckpt_model(x, training=False).numpy(), atol=1e-5)
+
+
+def _restored_classifier(run, splits):
+    from tfrobust import models
+    classifier = models.build_model("tiny_cnn", splits.image_shape, splits.num_classes,
+                                    mean=splits.mean, std=splits.std)
+    tf.train.Checkpoint(model=classifier).restore(
+        tf.train.latest_checkpoint(os.path.join(run, "checkpoints"))).expect_partial()
+    return classifier
+
+
+def test_resume_continues_at_the_right_epoch(tmp_path):
+    first = training.train(_config(tmp_path, epochs=1, method="standard"))
+    os.remove(os.path.join(first.run_dir, "summary.json"))  # as if killed after epoch 1
+    second = training.train(_config(tmp_path, epochs=3, method="standard"))
+    assert second.steps == 3 * first.steps
+    assert second.history["loss"] and len(second.history["loss"]) == 2  # epochs 2 and 3 only
+
+
+def test_finished_or_different_runs_are_not_overwritten(tmp_path):
+    training.train(_config(tmp_path, method="standard"))
+    with pytest.raises(training.ConfigError, match="finished run"):
+        training.train(_config(tmp_path, method="standard"))
+    os.remove(os.path.join(tmp_path, "run", "summary.json"))
+    with pytest.raises(training.ConfigError, match="different .*method"):
+        training.train(_config(tmp_path, method="pgd_at"))
+    result = training.train(_config(tmp_path, method="pgd_at", overwrite=True))
+    assert json.load(open(os.path.join(result.run_dir, "config.json")))["method"] == "pgd_at"
+
+
+def test_foreign_directory_is_never_touched(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "thesis.tex").write_text("precious")
+    with pytest.raises(training.ConfigError, match="holds no tfrobust run"):
+        training.train(_config(tmp_path, overwrite=True))
+    assert (tmp_path / "run" / "thesis.tex").read_text() == "precious"
+
+
+def test_tfds_source_trains_with_mock_data(tmp_path):
+    with tfds.testing.mock_data(num_examples=256):
+        result = training.train(_config(tmp_path, dataset="mnist", model="small_cnn", batch_size=32,
+                                        validation_size=0, method="standard"))
+    assert result.steps == 256 // 32
+
+
+def _run_cli(*args, timeout=120):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=ROOT)
+    return subprocess.run([sys.executable, RUNNER, *args], capture_output=True, text=True, env=env,
+                          timeout=timeout)
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["--epochs=0"], "epochs"),
+    (["--method=nope"], "method"),
+    (["--eps=-1"], "eps"),
+    (["--eps=2"], "eps"),
+    (["--batch_size=abc"], "batch_size"),
+    (["--dataset=npz:/no/such/file.npz"], "no/such/file.npz"),
+    (["--dataset=imagenet2"], "imagenet2"),
+    (["--lr_schedule=piecewise"], "lr_decay_epochs"),
+    (["--beta=1.0"], "beta"),  # pgd_at has no beta
+    (["stray"], "unexpected"),
+])
+def test_bad_flags_fail_with_one_line_and_exit_2(tmp_path, args, fragment):
+    proc = _run_cli(f"--output_dir={tmp_path / 'run'}", *args)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = [l for l in proc.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1 and fragment in lines[0], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert not os.path.exists(tmp_path / "run" / "checkpoints")
+
+
+@pytest.mark.slow
+def test_main_job_of_the_readme(tmp_path):
+    """The quick start's main job: default flags, PGD-AT on digits, under 3 minutes."""
+    proc = _run_cli(f"--output_dir={tmp_path / 'run'}", "--verbose=2", timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "PGD-20" in proc.stdout and "traced 1x" in proc.stdout
+    summary = json.load(open(tmp_path / "run" / "summary.json"))
+    assert summary["clean_accuracy"] > 0.9 and summary["adv_accuracy"] > 0.6
+    logits_fn = export.load_logits_fn(str(tmp_path / "run" / "savedmodel"))
+    assert logits_fn(np.zeros((2, 8, 8, 1), np.float32)).shape == (2, 10)
