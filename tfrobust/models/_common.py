@@ -1,0 +1,128 @@
+"""Shared pieces of the ``tfrobust.models`` builders.
+
+Input validation, the normalizing input stem, and the layer factories every
+architecture uses (PyTorch-default BatchNorm, float32 logits layer).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import keras
+
+# PyTorch ``nn.BatchNorm2d`` defaults: momentum 0.1 on the *new* statistic is
+# Keras momentum 0.9 on the *old* one; eps 1e-5 (Keras default is 1e-3).
+BN_MOMENTUM: float = 0.9
+BN_EPSILON: float = 1e-5
+
+
+class ModelError(ValueError):
+    """Invalid arguments to :func:`tfrobust.models.build_model` (one-line message)."""
+
+
+def check_num_classes(num_classes: int) -> None:
+    """Raise :class:`ModelError` unless ``num_classes`` is an int >= 2."""
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+        raise ModelError(f"num_classes must be an integer >= 2, got {num_classes!r}")
+
+
+def check_input_shape(input_shape: Sequence[int]) -> tuple[int, int, int]:
+    """Return ``input_shape`` as an ``(H, W, C)`` tuple of positive ints or raise."""
+    try:
+        shape = tuple(input_shape)
+    except TypeError:
+        raise ModelError(
+            f"input_shape must be (height, width, channels), got {input_shape!r}"
+        ) from None
+    if len(shape) != 3 or any(
+        isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in shape
+    ):
+        raise ModelError(
+            f"input_shape must be (height, width, channels) of positive ints, got {input_shape!r}"
+        )
+    return shape  # type: ignore[return-value]
+
+
+def check_min_size(arch: str, input_shape: Sequence[int], min_hw: int) -> None:
+    """Raise :class:`ModelError` if ``input_shape`` is malformed or H or W < ``min_hw``."""
+    h, w, _ = check_input_shape(input_shape)
+    if h < min_hw or w < min_hw:
+        raise ModelError(
+            f"input {h}x{w} is too small for {arch}: height and width must be >= {min_hw}"
+        )
+
+
+def _check_stats(
+    what: str, values: Sequence[float], channels: int, positive: bool
+) -> list[float]:
+    try:
+        vals = [float(v) for v in values]
+    except (TypeError, ValueError):
+        raise ModelError(
+            f"{what} must be a sequence of {channels} numbers, got {values!r}"
+        ) from None
+    if len(vals) != channels:
+        raise ModelError(
+            f"{what} has {len(vals)} values but the input has {channels} channel(s)"
+        )
+    if not all(math.isfinite(v) for v in vals):
+        raise ModelError(f"{what} must be finite, got {vals}")
+    if positive and any(v <= 0 for v in vals):
+        raise ModelError(f"{what} must be > 0 for every channel, got {vals}")
+    return vals
+
+
+def check_mean_std(
+    mean: Sequence[float] | None, std: Sequence[float] | None, channels: int
+) -> tuple[list[float], list[float]] | None:
+    """Validate per-channel statistics.
+
+    Returns ``None`` when both are ``None`` (no normalization). If only one is
+    given, the other defaults to 0 (mean) or 1 (std).
+    """
+    if mean is None and std is None:
+        return None
+    mean_v = [0.0] * channels if mean is None else _check_stats("mean", mean, channels, False)
+    std_v = [1.0] * channels if std is None else _check_stats("std", std, channels, True)
+    return mean_v, std_v
+
+
+def input_stem(
+    input_shape: Sequence[int],
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> tuple[keras.KerasTensor, keras.KerasTensor]:
+    """Create the float32 NHWC pixel input and the optional normalization.
+
+    Returns ``(inputs, x)``. When statistics are given, ``x`` is
+    ``(inputs - mean) / std`` computed by a fixed-statistics
+    ``keras.layers.Normalization`` layer (no weights, serializable, kept in
+    float32 even under a mixed-precision policy); otherwise ``x is inputs``.
+    """
+    shape = check_input_shape(input_shape)
+    stats = check_mean_std(mean, std, shape[2])
+    inputs = keras.Input(shape=shape, dtype="float32", name="pixels")
+    if stats is None:
+        return inputs, inputs
+    mean_v, std_v = stats
+    norm = keras.layers.Normalization(
+        mean=mean_v,
+        variance=[s * s for s in std_v],
+        axis=-1,
+        dtype="float32",
+        name="normalize",
+    )
+    return inputs, norm(inputs)
+
+
+def batch_norm(name: str) -> keras.layers.BatchNormalization:
+    """BatchNormalization with PyTorch defaults (momentum 0.9 here == 0.1 there, eps 1e-5)."""
+    return keras.layers.BatchNormalization(
+        momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name
+    )
+
+
+def logits_layer(num_classes: int, name: str, **kwargs) -> keras.layers.Dense:
+    """Final linear layer; float32 so logits stay float32 under mixed precision."""
+    return keras.layers.Dense(num_classes, dtype="float32", name=name, **kwargs)

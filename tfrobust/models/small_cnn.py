@@ -1,0 +1,68 @@
+"""``small_cnn``: the MNIST SmallCNN of TRADES.
+
+Reference: H. Zhang, Y. Yu, J. Jiao, E. Xing, L. El Ghaoui, M. Jordan,
+"Theoretically Principled Trade-off between Robustness and Accuracy", ICML 2019;
+code github.com/yaodongyu/TRADES, ``models/small_cnn.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import keras
+
+from ._common import check_min_size, check_num_classes, input_stem, logits_layer
+
+# conv3 (valid) x2, pool 2, conv3 (valid) x2, pool 2 must leave >= 1x1:
+# 16 -> 14 -> 12 -> 6 -> 4 -> 2 -> 1 (15 would give 0).
+MIN_INPUT_SIZE: int = 16
+
+
+def _kaiming_normal() -> keras.initializers.Initializer:
+    # torch.nn.init.kaiming_normal_ defaults: fan_in, gain sqrt(2), *untruncated* normal.
+    return keras.initializers.VarianceScaling(
+        scale=2.0, mode="fan_in", distribution="untruncated_normal"
+    )
+
+
+def build_small_cnn(
+    input_shape: tuple[int, int, int],
+    num_classes: int,
+    *,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> keras.Model:
+    """Build the TRADES SmallCNN.
+
+    conv32 3x3 valid ReLU, conv32 3x3 ReLU, maxpool 2, conv64 3x3 ReLU,
+    conv64 3x3 ReLU, maxpool 2, flatten, fc200 ReLU, dropout 0.5, fc200 ReLU,
+    fc ``num_classes``. Initialization as in the reference: convs kaiming-normal
+    with zero bias, the last layer's weights and biases zero; fc1/fc2 are not
+    re-initialized there, so they keep the Keras defaults (glorot-uniform, zero
+    bias). For 28x28x1 and 10 classes this has 312,202 parameters.
+    """
+    check_num_classes(num_classes)
+    check_min_size("small_cnn", input_shape, MIN_INPUT_SIZE)
+    inputs, x = input_stem(input_shape, mean, std)
+    layers = keras.layers
+
+    def conv(filters: int, name: str) -> keras.layers.Conv2D:
+        return layers.Conv2D(
+            filters, 3, padding="valid", activation="relu",
+            kernel_initializer=_kaiming_normal(), bias_initializer="zeros", name=name,
+        )
+
+    x = conv(32, "conv1")(x)
+    x = conv(32, "conv2")(x)
+    x = layers.MaxPooling2D(2, name="maxpool1")(x)
+    x = conv(64, "conv3")(x)
+    x = conv(64, "conv4")(x)
+    x = layers.MaxPooling2D(2, name="maxpool2")(x)
+    x = layers.Flatten(name="flatten")(x)
+    x = layers.Dense(200, activation="relu", name="fc1")(x)
+    x = layers.Dropout(0.5, name="drop")(x)
+    x = layers.Dense(200, activation="relu", name="fc2")(x)
+    logits = logits_layer(
+        num_classes, name="fc3", kernel_initializer="zeros", bias_initializer="zeros"
+    )(x)
+    return keras.Model(inputs, logits, name="small_cnn")
