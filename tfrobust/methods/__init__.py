@@ -6,10 +6,14 @@ import dataclasses
 from typing import Any, Mapping
 
 from tfrobust.methods.base import AttackConfig, Differentiate, LossOutput, Method, StepContext
+from tfrobust.methods.atent import Atent
+from tfrobust.methods.mart import Mart
+from tfrobust.methods.mimae import Mimae
 from tfrobust.methods.pgd_at import PgdAt
 from tfrobust.methods.standard import Standard
+from tfrobust.methods.trades import Trades
 
-REGISTRY: dict[str, type[Method]] = {cls.name: cls for cls in (Standard, PgdAt)}
+REGISTRY: dict[str, type[Method]] = {cls.name: cls for cls in (Standard, PgdAt, Trades, Mart, Mimae, Atent)}
 
 
 def hyperparameters(name: str) -> tuple[str, ...]:

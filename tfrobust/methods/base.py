@@ -82,6 +82,8 @@ class Method(abc.ABC):
     name: ClassVar[str]
     term_names: ClassVar[tuple[str, ...]]
     adversarial: ClassVar[bool] = True  # whether training inputs are adversarial
+    # Batch-norm mode of the reference implementation while attacking (--attack_bn_mode=auto).
+    reference_attack_bn_training: ClassVar[bool] = False
 
     def attack_inputs(self, ctx: StepContext, x: tf.Tensor, y: tf.Tensor) -> tf.Tensor | None:
         """The adversarial training inputs, or None. Runs outside the weight-gradient tape."""

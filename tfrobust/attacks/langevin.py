@@ -1,0 +1,83 @@
+"""One step of ATENT's Langevin sampler (Jagatap et al., "Adversarially Robust Learning via
+Entropic Regularization"; reference code github.com/GauriJagatap/StochAT, `adversarial/functional.py`).
+
+ATENT samples x' from p(x') proportional to exp(beta [CE(z(x'), y) - (gamma/2) ||x' - x||^2]) by
+stochastic gradient Langevin dynamics. One step from x'_{l-1} with input gradient g:
+
+    l-inf: x'_l = x'_{l-1} + step * sign(g) + noise * sqrt(2 step) * N(0, I)
+    l2:    x'_l = x'_{l-1} + step * g / ||g||_2 + gamma * (x - x'_{l-1}) + noise * sqrt(2 step) * N(0, I)
+
+then (optionally) a projection onto the eps ball around x, and always a clip to the pixel range.
+As in the reference, the l2 pull-back `gamma` is not part of the l-inf step.
+
+The functions here are pure and traceable; the sampler loop lives in `tfrobust.methods.atent`,
+which needs the weight gradient of every iterate.
+"""
+
+from __future__ import annotations
+
+import math
+
+import tensorflow as tf
+
+from tfrobust import rng
+from tfrobust.attacks import gradient as pgd_lib
+
+
+def langevin_step(
+    x_adv: tf.Tensor,
+    x: tf.Tensor,
+    grad: tf.Tensor,
+    *,
+    step_size: float | tf.Tensor,
+    noise: float | tf.Tensor,
+    gamma: float | tf.Tensor = 0.0,
+    norm: str = "linf",
+    seed: tf.Tensor | None = None,
+    eps: float | tf.Tensor | None = None,
+    project: bool = True,
+    clip_min: float = 0.0,
+    clip_max: float = 1.0,
+) -> tf.Tensor:
+    """x'_l from x'_{l-1} = `x_adv` and g = `grad` (the input gradient of CE at `x_adv`).
+
+    step_size, eps: Python numbers, scalar tensors or per-example [B] tensors.
+    noise: the Langevin noise scale (the reference's `ep`); the Gaussian draw, from the stateless
+        `seed`, is skipped when it is the Python number 0.
+    gamma: l2 pull-back towards x (l2 only, as in the reference).
+    project: whether to project onto the eps ball (needs `eps`); the result is clipped to
+        [clip_min, clip_max] either way.
+    """
+    pgd_lib.check_norm(norm)
+    step_size = pgd_lib.per_example(step_size, x_adv)
+    moved = x_adv + step_size * pgd_lib.ascent_direction(grad, norm)
+    if norm == "l2" and not (isinstance(gamma, (int, float)) and gamma == 0):
+        moved += tf.cast(gamma, x_adv.dtype) * (x - x_adv)
+    if not (isinstance(noise, (int, float)) and noise == 0):
+        if seed is None:
+            raise ValueError("langevin_step with noise needs a seed")
+        scale = tf.cast(noise, x_adv.dtype) * tf.sqrt(2.0 * step_size)
+        moved += scale * rng.normal(seed, x_adv)
+    if project:
+        if eps is None:
+            raise ValueError("langevin_step with project=True needs eps")
+        moved = pgd_lib.project(moved, x, pgd_lib.per_example(eps, x_adv), norm)
+    return tf.clip_by_value(moved, clip_min, clip_max)
+
+
+def langevin_start(
+    x: tf.Tensor, eps: float | tf.Tensor, norm: str, kind: str, seed: tf.Tensor,
+    clip_min: float = 0.0, clip_max: float = 1.0,
+) -> tf.Tensor:
+    """x'_0: ATENT's random start ('corner': an l-inf corner x + eps sign(N(0, I)), or for l2 a
+    Gaussian direction of norm eps; 'none': x), clipped to the pixel range."""
+    if kind not in ("corner", "none"):
+        raise ValueError(f"unknown ATENT start {kind!r}; expected 'corner' or 'none'")
+    eps = pgd_lib.per_example(eps, x)
+    return tf.clip_by_value(pgd_lib.random_start(x, eps, norm, kind, seed), clip_min, clip_max)
+
+
+def iterate_weights(steps: int, alpha: float) -> list[float]:
+    """ATENT's weights alpha (1 - alpha)^(L - l) of iterates l = 1..L (the reference's running
+    `loss = (1 - alpha) loss + alpha CE_l`)."""
+    return [alpha * math.pow(1.0 - alpha, steps - l) for l in range(1, steps + 1)]

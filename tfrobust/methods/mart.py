@@ -1,0 +1,33 @@
+"""MART (Wang et al. 2020, "Improving Adversarial Robustness Requires Revisiting Misclassified
+Examples"), the training objective: minimize BCE(p(x'), y) + beta * KL(p(x) || p(x')) * (1 - p_y(x)), where
+BCE = CE(z(x'), y) - log(1 - max_{k != y} p_k(x')) and x' comes from PGD on CE started at
+x + 0.001 N(0, I) (the reference code, github.com/YisenWang/MART)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from tfrobust import losses
+from tfrobust.methods.base import LossOutput, Method
+
+
+@dataclasses.dataclass(frozen=True)
+class Mart(Method):
+    """beta: weight of the misclassification-aware KL term (6 in the paper)."""
+
+    beta: float = 6.0
+
+    name = "mart"
+    term_names = ("boosted_ce", "weighted_kl")
+
+    def attack_inputs(self, ctx, x, y):
+        return self.pgd(ctx, x, y, start="normal")
+
+    def loss(self, ctx, x, y, x_adv):
+        clean_logits = ctx.logits(x, training=True)
+        adv_logits = ctx.logits(x_adv, training=True)
+        boosted = losses.mart_boosted_cross_entropy(adv_logits, y)
+        weighted_kl = losses.mart_weighted_kl(clean_logits, adv_logits, y)
+        return LossOutput(per_example=boosted + self.beta * weighted_kl,
+                          terms={"boosted_ce": boosted, "weighted_kl": weighted_kl},
+                          clean_logits=clean_logits, adv_logits=adv_logits)

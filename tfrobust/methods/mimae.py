@@ -1,0 +1,59 @@
+"""MIMAE-AT (Atsague, Fakorede, Tian, ACML 2021, "A Mutual Information Regularization for
+Adversarial Training"): adversarial training with two regularizers between the natural and the
+adversarial examples, the mutual information of their probabilistic predictions (maximized) and
+the mean absolute error of their logits (minimized).
+
+RECONSTRUCTION: only the paper's abstract is public to us. The form built here is
+
+    L = mean_i [CE(z(x'_i), y_i) + lambda_mae * MAE(z(x_i), z(x'_i)) + natural_weight * CE(z(x_i), y_i)]
+        - lambda_mi * I(p(x); p(x'))
+
+with I estimated from the batch joint P = sum_i p(x_i) p(x'_i)^T (normalized, optionally
+symmetrized; Invariant Information Clustering, Ji et al. 2019, eq. 3; `losses.mutual_information`)
+over the GLOBAL batch: under a distribution strategy the per-replica K x K sums are all-reduced,
+which gives the same joint as on one device. x' comes from Madry PGD on CE (uniform start). The
+weights, the estimator variant and the optional natural term are unknown in the paper and are
+flags here; the defaults lambda_mi = lambda_mae = 1 are provisional.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import tensorflow as tf
+
+from tfrobust import distribute, losses
+from tfrobust.methods.base import LossOutput, Method
+
+
+@dataclasses.dataclass(frozen=True)
+class Mimae(Method):
+    """lambda_mi: weight of the (maximized) mutual information; lambda_mae: weight of the logit
+    MAE; mi_symmetric: symmetrize the joint (IIC); natural_weight: weight of CE on clean inputs."""
+
+    lambda_mi: float = 1.0
+    lambda_mae: float = 1.0
+    mi_symmetric: bool = True
+    natural_weight: float = 0.0
+
+    name = "mimae"
+    term_names = ("adv_ce", "mi", "mae", "natural_ce")
+
+    def attack_inputs(self, ctx, x, y):
+        return self.pgd(ctx, x, y, start="uniform")
+
+    def loss(self, ctx, x, y, x_adv):
+        clean_logits = ctx.logits(x, training=True)
+        adv_logits = ctx.logits(x_adv, training=True)
+        adv_ce = losses.cross_entropy(adv_logits, y)
+        natural_ce = losses.cross_entropy(clean_logits, y)
+        mae = losses.logit_mae(clean_logits, adv_logits)
+        joint = distribute.global_sum(
+            losses.prediction_joint(tf.nn.softmax(clean_logits), tf.nn.softmax(adv_logits)))
+        mi = losses.mutual_information(joint, symmetric=self.mi_symmetric)
+        per_example = adv_ce + self.lambda_mae * mae
+        if self.natural_weight:
+            per_example += self.natural_weight * natural_ce
+        return LossOutput(per_example=per_example, batch_loss=-self.lambda_mi * mi,
+                          terms={"adv_ce": adv_ce, "mi": mi, "mae": mae, "natural_ce": natural_ce},
+                          clean_logits=clean_logits, adv_logits=adv_logits)

@@ -1,0 +1,36 @@
+"""TRADES (Zhang et al. 2019, "Theoretically Principled Trade-off between Robustness and Accuracy"),
+eq. 5 / Algorithm 1: minimize CE(z(x), y) + beta * KL(p(x) || p(x')), where x' maximizes the same KL
+by PGD started at x + 0.001 N(0, I) (the reference code, github.com/yaodongyu/TRADES)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from tfrobust import losses
+from tfrobust.attacks import objectives
+from tfrobust.methods.base import LossOutput, Method
+
+
+@dataclasses.dataclass(frozen=True)
+class Trades(Method):
+    """beta: weight of the robust KL term (6 on CIFAR-10; 1 or 6 on MNIST)."""
+
+    beta: float = 6.0
+
+    name = "trades"
+    term_names = ("natural", "robust")
+
+    def attack_inputs(self, ctx, x, y):
+        # The clean prediction the attack moves away from, in the attack's model mode (the
+        # reference attacks in eval mode: `AttackConfig.bn_training=False`).
+        clean_logits = ctx.attack_logits(x)
+        return self.pgd(ctx, x, y, objective=objectives.kl_from(clean_logits), start="normal")
+
+    def loss(self, ctx, x, y, x_adv):
+        clean_logits = ctx.logits(x, training=True)
+        adv_logits = ctx.logits(x_adv, training=True)
+        natural = losses.cross_entropy(clean_logits, y)
+        robust = losses.kl_divergence(clean_logits, adv_logits)
+        return LossOutput(per_example=natural + self.beta * robust,
+                          terms={"natural": natural, "robust": robust},
+                          clean_logits=clean_logits, adv_logits=adv_logits)
