@@ -91,7 +91,10 @@ def input_gradient(
         tape.watch(x)
         logits = logits_fn(x)
         loss = objective(logits, y)
-    return tape.gradient(loss, x), loss, logits
+    # A model whose output does not depend differentiably on its input (a rounding or quantizing
+    # front end: tf.round has no gradient) yields None; attacks treat that as a zero gradient.
+    grad = tape.gradient(loss, x, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    return grad, loss, logits
 
 
 def pgd(

@@ -1,0 +1,257 @@
+"""Tests for APGD-CE / APGD-T (`tfrobust.attacks.apgd`), Square (`tfrobust.attacks.square`) and
+the DLR losses, on a tiny CNN trained here on scikit-learn's 8x8 digits (cached per module)."""
+
+from __future__ import annotations
+
+import functools
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from sklearn.datasets import load_digits  # noqa: E402
+
+from tfrobust import losses  # noqa: E402
+from tfrobust.attacks import apgd, apgd_targeted, fgsm, input_gradient, pgd, square  # noqa: E402
+from tfrobust.attacks.apgd import apgd_run, checkpoints  # noqa: E402
+from tfrobust.attacks.square import p_selection  # noqa: E402
+from tfrobust.evaluation import AttackSpec, attack_function  # noqa: E402
+
+
+def digits_splits():
+    digits = load_digits()
+    x = (digits.images / 16.0).astype("float32")[..., None]
+    y = digits.target.astype("int32")
+    return x[:1437], y[:1437], x[1437:], y[1437:]
+
+
+def train_digits_cnn(epochs: int = 20) -> keras.Model:
+    keras.utils.set_random_seed(0)
+    x_train, y_train, _, _ = digits_splits()
+    model = keras.Sequential([
+        keras.Input((8, 8, 1)),
+        keras.layers.Conv2D(8, 3, padding="same", activation="relu"),
+        keras.layers.Conv2D(16, 3, padding="same", activation="relu"),
+        keras.layers.MaxPooling2D(2),
+        keras.layers.Flatten(),
+        keras.layers.Dense(32, activation="relu"),
+        keras.layers.Dense(10),
+    ])
+    model.compile(keras.optimizers.Adam(3e-3),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x_train, y_train, epochs=epochs, batch_size=64, verbose=0)
+    return model
+
+
+@pytest.fixture(scope="module")
+def digits():
+    model = train_digits_cnn()
+    _, _, x_test, y_test = digits_splits()
+    logits_fn = lambda x: model(x, training=False)  # noqa: E731
+    return model, logits_fn, tf.constant(x_test), tf.constant(y_test)
+
+
+def compiled(attack, *args, **kwargs):
+    """Run `attack(*args, **kwargs)` inside a tf.function (eager while-loops are slow)."""
+    return tf.function(functools.partial(attack, *args, **kwargs))()
+
+
+def accuracy(logits_fn, x, y) -> float:
+    return float(np.mean(np.argmax(logits_fn(x).numpy(), -1) == y.numpy()))
+
+
+def n_errors(logits_fn, x, y) -> int:
+    return int(np.sum(np.argmax(logits_fn(x).numpy(), -1) != y.numpy()))
+
+
+# --- pure math ------------------------------------------------------------------------------
+
+
+def test_checkpoints_follow_the_paper_recursion():
+    # p_0 = 0, p_1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06)
+    p = [0.0, 0.22]
+    while p[-1] + max(p[-1] - p[-2] - 0.03, 0.06) <= 1.0 + 1e-9:
+        p.append(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06))
+    assert checkpoints(100) == [round(100 * q) for q in p[1:]]
+    assert checkpoints(100) == [22, 41, 57, 70, 80, 87, 93, 99]
+    assert checkpoints(10) == [2, 3, 4, 5, 6, 7, 8, 9, 10]  # intervals of at least one step
+
+
+def test_dlr_losses_match_their_formulas_and_are_scale_invariant():
+    logits = tf.constant([[4.0, 1.0, 3.0, 0.0, -1.0], [0.0, 5.0, 2.0, 1.0, 0.5]])
+    labels = tf.constant([0, 0])
+    # example 0: correct, sorted 4, 3, 1, 0: -(4 - 3) / (4 - 1); example 1: wrong, -(0 - 5) / (5 - 1)
+    np.testing.assert_allclose(losses.dlr(logits, labels).numpy(), [-1 / 3, 5 / 4], rtol=1e-5)
+    targets = tf.constant([3, 2])
+    # -(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2)
+    expected = [-(4 - 0) / (4 - (1 + 0) / 2), -(0 - 2) / (5 - (1 + 0.5) / 2)]
+    np.testing.assert_allclose(losses.dlr_targeted(logits, labels, targets).numpy(), expected, rtol=1e-5)
+    for fn in (lambda z: losses.dlr(z, labels), lambda z: losses.dlr_targeted(z, labels, targets)):
+        np.testing.assert_allclose(fn(7.0 * logits + 3.0).numpy(), fn(logits).numpy(), rtol=1e-4)
+
+
+def test_square_p_schedule_is_the_published_one():
+    def p(i, n):
+        return float(p_selection(0.8, tf.constant(i), n))
+
+    assert p(0, 10000) == pytest.approx(0.8)
+    assert p(10, 10000) == pytest.approx(0.8)
+    assert p(11, 10000) == pytest.approx(0.4)
+    assert p(51, 10000) == pytest.approx(0.2)
+    assert p(201, 10000) == pytest.approx(0.1)
+    assert p(9000, 10000) == pytest.approx(0.8 / 512)
+    assert p(2, 1000) == pytest.approx(0.4)  # rescaled: query 2 of 1000 is 20 of 10,000
+
+
+def test_bad_arguments_are_rejected():
+    x = tf.zeros([2, 8, 8, 1])
+    y = tf.constant([0, 1])
+    three_classes = lambda z: tf.reshape(z, [2, -1])[:, :3]  # noqa: E731
+    with pytest.raises(ValueError, match="4 classes"):
+        apgd_targeted(three_classes, x, y, eps=0.1, steps=2)
+    with pytest.raises(ValueError, match="linf"):
+        square(three_classes, x, y, eps=0.1, norm="l2")
+    with pytest.raises(ValueError, match="loss"):
+        apgd(three_classes, x, y, eps=0.1, loss="kl")
+
+
+# --- on the trained digits model ------------------------------------------------------------
+
+
+def test_model_is_a_reasonable_classifier(digits):
+    _, logits_fn, x, y = digits
+    assert accuracy(logits_fn, x, y) > 0.9
+
+
+@pytest.mark.parametrize("eps", [0.12, 0.15])
+def test_apgd_ce_finds_at_least_as_many_errors_as_pgd20(digits, eps):
+    _, logits_fn, x, y = digits
+    x_pgd = compiled(pgd, logits_fn, x, y, eps=eps, step_size=2.5 * eps / 20, steps=20, seed=1,
+                     keep_best=True)
+    x_apgd = compiled(apgd, logits_fn, x, y, eps=eps, steps=100, seed=1)
+    print(f"eps {eps}: errors clean {n_errors(logits_fn, x, y)}, pgd-20 {n_errors(logits_fn, x_pgd, y)}, "
+          f"apgd-ce-100 {n_errors(logits_fn, x_apgd, y)}")
+    assert n_errors(logits_fn, x_apgd, y) >= n_errors(logits_fn, x_pgd, y) > n_errors(logits_fn, x, y)
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_every_attack_stays_in_the_eps_ball_and_in_the_unit_box(digits, norm):
+    _, logits_fn, x, y = digits
+    x, y = x[:48], y[:48]
+    base = 0.1 if norm == "linf" else 0.8
+    eps = tf.constant(np.linspace(0.5, 2.0, 48) * base, tf.float32)  # per-example budgets
+    names = {"fgsm": None, "pgd": 8, "pgd_margin": 8, "apgd_ce": 10, "apgd_t": 6, "square": 60}
+    for name, steps in names.items():
+        if name == "square" and norm == "l2":
+            continue
+        spec = AttackSpec(name, steps=steps, **({"n_target_classes": 3} if name == "apgd_t" else {}))
+        x_adv = attack_function(spec, logits_fn, norm)(x, y, eps, tf.constant([3, 4], tf.int64)).numpy()
+        delta = (x_adv - x.numpy()).reshape(48, -1)
+        size = np.abs(delta).max(1) if norm == "linf" else np.sqrt((delta ** 2).sum(1))
+        assert np.all(size <= eps.numpy() * (1 + 1e-5) + 1e-6), (name, float(np.max(size / eps.numpy())))
+        assert x_adv.min() >= 0.0 and x_adv.max() <= 1.0, name
+    # cleverhans takes a Python eps only
+    spec = AttackSpec("cleverhans_pgd", steps=5)
+    x_adv = attack_function(spec, logits_fn, norm)(x, y, base, tf.constant([0, 0], tf.int64)).numpy()
+    delta = (x_adv - x.numpy()).reshape(48, -1)
+    size = np.abs(delta).max(1) if norm == "linf" else np.sqrt((delta ** 2).sum(1))
+    assert np.all(size <= base * (1 + 1e-5) + 1e-6) and x_adv.min() >= 0.0 and x_adv.max() <= 1.0
+
+
+def test_seeds_repeat_and_differ(digits):
+    _, logits_fn, x, y = digits
+    x, y = x[:64], y[:64]
+    runs = {  # one trace each, the seed is a tensor argument
+        "apgd": tf.function(lambda s: apgd(logits_fn, x, y, eps=0.1, steps=8, seed=s)),
+        "apgd_t": tf.function(lambda s: apgd_targeted(logits_fn, x, y, eps=0.1, steps=5,
+                                                      n_target_classes=2, seed=s)),
+        "square": tf.function(lambda s: square(logits_fn, x, y, eps=0.1, n_queries=30, seed=s)),
+    }
+    for name, run in runs.items():
+        a, b, c = (run(tf.constant(s, tf.int64)).numpy() for s in (7, 7, 8))
+        np.testing.assert_array_equal(a, b, err_msg=name)
+        assert not np.array_equal(a, c), name
+
+
+def test_apgd_traces_once_for_all_eps_values(digits):
+    _, logits_fn, x, y = digits
+    x, y = x[:32], y[:32]
+    fn = tf.function(lambda a, b, e: apgd(logits_fn, a, b, eps=e, steps=5, seed=0))
+    for eps in (0.05, 0.1, 0.2):
+        fn(x, y, tf.constant(eps))
+    assert fn.experimental_get_tracing_count() == 1
+
+
+def test_apgd_run_returns_a_misclassified_point_or_its_best_loss_point(digits):
+    _, logits_fn, x, y = digits
+    eps = 0.08
+    x_out, fooled, best = tf.function(lambda a, b: apgd_run(
+        logits_fn, a, b, eps=tf.constant(eps), steps=30, norm="linf",
+        objective=losses.cross_entropy, seed=tf.constant([1, 2], tf.int64)))(x, y)
+    logits = logits_fn(x_out)
+    wrong = np.argmax(logits.numpy(), -1) != y.numpy()
+    np.testing.assert_array_equal(wrong, fooled.numpy())
+    assert 0 < wrong.sum() < len(wrong)
+    kept = ~fooled.numpy()  # the loss at the returned point is the best loss recorded
+    ce = losses.cross_entropy(logits, y).numpy()
+    np.testing.assert_allclose(ce[kept], best.numpy()[kept], rtol=1e-4, atol=1e-5)
+    # and it beats the clean loss
+    assert np.all(ce[kept] >= losses.cross_entropy(logits_fn(x), y).numpy()[kept] - 1e-5)
+
+
+def test_square_breaks_scaled_logits_that_mask_gradients(digits):
+    """Logits times 1e4 saturate the softmax: CE gradients vanish, PGD stalls; Square (margin
+    only) and APGD-T (DLR is scale invariant) are not fooled by it."""
+    _, logits_fn, x, y = digits
+    scaled = lambda z: 1e4 * logits_fn(z)  # noqa: E731
+    eps = 0.15
+    clean = accuracy(logits_fn, x, y)
+    acc_pgd = accuracy(scaled, compiled(pgd, scaled, x, y, eps=eps, step_size=eps / 8, steps=20,
+                                        seed=0, keep_best=True), y)
+    acc_square = accuracy(scaled, compiled(square, scaled, x, y, eps=eps, n_queries=300, seed=0), y)
+    acc_apgd_t = accuracy(scaled, compiled(apgd_targeted, scaled, x, y, eps=eps, steps=20,
+                                           n_target_classes=3, seed=0), y)
+    acc_apgd_t_plain = accuracy(logits_fn, compiled(apgd_targeted, logits_fn, x, y, eps=eps, steps=20,
+                                                    n_target_classes=3, seed=0), y)
+    print(f"clean {clean:.3f} pgd {acc_pgd:.3f} square {acc_square:.3f} apgd_t {acc_apgd_t:.3f} "
+          f"(unscaled {acc_apgd_t_plain:.3f})")
+    assert acc_pgd > clean - 0.05  # masked: PGD barely moves
+    assert acc_square < acc_pgd - 0.2
+    assert acc_apgd_t < acc_pgd - 0.2
+    assert abs(acc_apgd_t - acc_apgd_t_plain) <= 0.03
+
+
+def test_zero_gradient_models_do_not_crash_the_attacks(digits):
+    """tf.round has no gradient (None): the attacks must see zeros, not crash."""
+    _, logits_fn, x, y = digits
+    x, y = x[:32], y[:32]
+    rounded = lambda z: logits_fn(tf.round(z * 4.0) / 4.0)  # noqa: E731
+    grad, _, _ = input_gradient(rounded, losses.cross_entropy, x, y)
+    assert grad is not None and float(tf.reduce_max(tf.abs(grad))) == 0.0
+    for x_adv in (fgsm(rounded, x, y, eps=0.1),
+                  pgd(rounded, x, y, eps=0.1, step_size=0.02, steps=3, seed=0),
+                  apgd(rounded, x, y, eps=0.1, steps=5, seed=0),
+                  apgd(rounded, x, y, eps=0.5, norm="l2", steps=5, seed=0)):
+        assert np.all(np.isfinite(x_adv.numpy()))
+
+
+def test_step_size_halving_converges_to_an_interior_maximum():
+    """A one-pixel toy whose objective peaks inside the ball: fixed steps of 2 eps only bounce
+    between the ball's faces, so only the halving (and restart from the best point) gets close."""
+    peak, eps = 0.56, 0.2
+    x = tf.fill([64, 1, 1, 1], 0.5)
+    y = tf.ones([64], tf.int32)
+
+    def logits_fn(z):  # class 0's logit peaks at z = peak; class 1 always wins, never fooled
+        z0 = -100.0 * tf.square(tf.reshape(z, [-1]) - peak)
+        return tf.stack([z0, tf.zeros_like(z0)], axis=1)
+
+    x_out, fooled, _ = tf.function(lambda: apgd_run(
+        logits_fn, x, y, eps=tf.constant(eps), steps=100, norm="linf",
+        objective=losses.cross_entropy, seed=tf.constant([5, 6], tf.int64)))()
+    assert not fooled.numpy().any()
+    # measured: 4e-4 with the schedule, 2e-2 with the step size frozen at 2 eps
+    assert np.abs(x_out.numpy() - peak).max() < 0.002

@@ -1,0 +1,288 @@
+"""Auto-PGD (Croce & Hein 2020, "Reliable evaluation of adversarial robustness with an ensemble of
+diverse parameter-free attacks", Algorithm 1): APGD-CE and the targeted APGD-T, l-inf and l2.
+
+Pure, traceable functions of `(logits_fn, x, y)` like the PGD in `gradient.py`, whose projection,
+ascent direction, random start and input gradient they reuse. The iteration is a `tf.while_loop`
+(so the evaluation can compile one attack per batch shape), eps may be a scalar or per-example [B]
+tensor, randomness is stateless from `seed`.
+
+Per example the attack keeps the best objective value seen and its point, and returns a
+misclassified iterate if any iterate was misclassified, otherwise the point with the highest
+objective. Schedule (as in the paper and its reference code): initial step 2 eps, momentum 0.75
+(none on the first step), checkpoints at fractions p_0 = 0, p_1 = 0.22,
+p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06) of the iterations; at a checkpoint the step size of
+an example halves and it restarts from its best point when
+  condition 1: the objective increased in fewer than rho = 0.75 of the steps since the last
+               checkpoint, or
+  condition 2: its step size was not halved at the last checkpoint and its best objective did not
+               improve since then (as in the reference code, condition 2 cannot fire at the first
+               checkpoint).
+Like the reference code, the momentum term after a restart is taken from the point before it.
+Unlike it, the loop stops early once every example of the batch is misclassified (the result is
+the same: a misclassified example keeps its misclassified point).
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from tfrobust import losses, rng
+from tfrobust.attacks import objectives as objectives_lib
+from tfrobust.attacks.gradient import (
+    LogitsFn,
+    ascent_direction,
+    check_norm,
+    input_gradient,
+    per_example,
+    project,
+    random_start,
+)
+
+APGD_LOSSES = ("ce", "dlr")
+
+
+def checkpoints(steps: int) -> list[int]:
+    """The iterations w_j (0 < w_j <= steps) at which APGD may halve its step size.
+
+    Integer form of p_1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06), as in the
+    reference code: the first interval has int(0.22 N) steps, each next one int(0.03 N) fewer, at
+    least int(0.06 N) (each at least 1).
+    """
+    first, shrink, least = (max(int(f * steps), 1) for f in (0.22, 0.03, 0.06))
+    points, at, length = [], 0, first
+    while at + length <= steps:
+        at += length
+        points.append(at)
+        length = max(length - shrink, least)
+    return points
+
+
+def _expand(mask: tf.Tensor, like: tf.Tensor) -> tf.Tensor:
+    return tf.reshape(mask, [-1] + [1] * (like.shape.rank - 1))
+
+
+def _misclassified(logits: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+    return tf.not_equal(tf.argmax(logits, axis=-1, output_type=tf.int32), tf.cast(y, tf.int32))
+
+
+def apgd_run(
+    logits_fn: LogitsFn,
+    x: tf.Tensor,
+    y: tf.Tensor,
+    *,
+    eps: tf.Tensor,
+    steps: int,
+    norm: str,
+    objective: objectives_lib.Objective,
+    seed: tf.Tensor,
+    rho: float = 0.75,
+    momentum: float = 0.75,
+    clip_min: float = 0.0,
+    clip_max: float = 1.0,
+) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """One APGD run from a uniform random start: (adversarial x, misclassified [B], best objective [B]).
+
+    `eps` is already per-example-broadcastable (see `gradient.per_example`); `steps` a Python int.
+    """
+    steps = int(steps)
+    first, shrink, least = (max(int(f * steps), 1) for f in (0.22, 0.03, 0.06))
+
+    def clip(v):
+        return tf.clip_by_value(project(v, x, eps, norm), clip_min, clip_max)
+
+    x_adv = clip(random_start(x, eps, norm, "uniform", seed))
+    grad, loss, logits = input_gradient(logits_fn, objective, x_adv, y)
+    fooled = _misclassified(logits, y)
+    batch_shape = tf.concat([tf.shape(x)[:1], tf.ones([x.shape.rank - 1], tf.int32)], axis=0)
+    step_size = 2.0 * eps * tf.ones(batch_shape, x.dtype)  # per example, [B, 1, 1, 1]
+    zeros_b = tf.zeros_like(loss, tf.int32)
+
+    state = dict(
+        i=tf.constant(0),
+        x_adv=x_adv,
+        x_old=x_adv,
+        grad=grad,
+        step=step_size,
+        x_best=x_adv,
+        grad_best=grad,
+        loss_best=loss,
+        x_fooled=x_adv,
+        fooled=fooled,
+        prev_loss=loss,
+        increases=zeros_b,
+        since=tf.constant(0),
+        interval=tf.constant(first),
+        loss_best_ckpt=loss,
+        reduced_ckpt=tf.ones_like(fooled),
+    )
+
+    def cond(s):
+        return tf.logical_and(s["i"] < steps, tf.reduce_any(tf.logical_not(s["fooled"])))
+
+    def body(s):
+        a = tf.where(s["i"] > 0, momentum, 1.0)
+        x_cur = s["x_adv"]
+        z = clip(x_cur + s["step"] * ascent_direction(s["grad"], norm))
+        x_new = clip(x_cur + a * (z - x_cur) + (1.0 - a) * (x_cur - s["x_old"]))
+        grad, loss, logits = input_gradient(logits_fn, objective, x_new, y)
+
+        now_fooled = _misclassified(logits, y)
+        x_fooled = tf.where(_expand(now_fooled, x), x_new, s["x_fooled"])
+        fooled = tf.logical_or(s["fooled"], now_fooled)
+
+        increases = s["increases"] + tf.cast(loss > s["prev_loss"], tf.int32)
+        better = loss > s["loss_best"]
+        better_x = _expand(better, x)
+        x_best = tf.where(better_x, x_new, s["x_best"])
+        grad_best = tf.where(better_x, grad, s["grad_best"])
+        loss_best = tf.where(better, loss, s["loss_best"])
+
+        since = s["since"] + 1
+        at_ckpt = tf.equal(since, s["interval"])
+        cond1 = tf.cast(increases, tf.float32) < rho * tf.cast(s["interval"], tf.float32)
+        cond2 = tf.logical_and(tf.logical_not(s["reduced_ckpt"]), s["loss_best_ckpt"] >= loss_best)
+        halve = tf.logical_and(at_ckpt, tf.logical_or(cond1, cond2))
+        halve_x = _expand(halve, x)
+
+        return dict(
+            i=s["i"] + 1,
+            x_adv=tf.where(halve_x, x_best, x_new),
+            x_old=x_cur,
+            grad=tf.where(halve_x, grad_best, grad),
+            step=tf.where(halve_x, s["step"] / 2.0, s["step"]),
+            x_best=x_best,
+            grad_best=grad_best,
+            loss_best=loss_best,
+            x_fooled=x_fooled,
+            fooled=fooled,
+            prev_loss=loss,
+            increases=tf.where(at_ckpt, zeros_b, increases),
+            since=tf.where(at_ckpt, 0, since),
+            interval=tf.where(at_ckpt, tf.maximum(s["interval"] - shrink, least), s["interval"]),
+            loss_best_ckpt=tf.where(at_ckpt, loss_best, s["loss_best_ckpt"]),
+            reduced_ckpt=tf.where(at_ckpt, halve, s["reduced_ckpt"]),
+        )
+
+    (s,) = tf.while_loop(cond, lambda s: (body(s),), (state,))
+    x_out = tf.where(_expand(s["fooled"], x), s["x_fooled"], s["x_best"])
+    return tf.stop_gradient(x_out), s["fooled"], s["loss_best"]
+
+
+def _merge(best, new, compare_loss: bool):
+    """Keep, per example, a misclassified point over a correct one, else (if comparable) the higher loss."""
+    x_b, f_b, l_b = best
+    x_n, f_n, l_n = new
+    take = tf.logical_and(f_n, tf.logical_not(f_b))
+    if compare_loss:
+        take = tf.logical_or(take, tf.logical_and(tf.equal(f_n, f_b), l_n > l_b))
+    return (tf.where(_expand(take, x_b), x_n, x_b), tf.logical_or(f_b, f_n),
+            tf.where(take, l_n, l_b))
+
+
+def _runs(run_fn, x, y, runs: int, compare_loss: bool):
+    """`runs` calls of `run_fn(r)` in a tf.while_loop, merged per example; skipped once all are fooled."""
+    x_b, f_b, l_b = run_fn(tf.constant(0))
+    if runs == 1:
+        return x_b
+
+    def cond(r, x_b, f_b, l_b):
+        return tf.logical_and(r < runs, tf.reduce_any(tf.logical_not(f_b)))
+
+    def body(r, x_b, f_b, l_b):
+        return (r + 1, *_merge((x_b, f_b, l_b), run_fn(r), compare_loss))
+
+    _, x_b, _, _ = tf.while_loop(cond, body, (tf.constant(1), x_b, f_b, l_b))
+    return x_b
+
+
+def apgd(
+    logits_fn: LogitsFn,
+    x: tf.Tensor,
+    y: tf.Tensor,
+    *,
+    eps: float | tf.Tensor,
+    norm: str = "linf",
+    loss: str = "ce",
+    steps: int = 100,
+    restarts: int = 1,
+    rho: float = 0.75,
+    momentum: float = 0.75,
+    seed: int | tf.Tensor | None = None,
+    clip_min: float = 0.0,
+    clip_max: float = 1.0,
+) -> tf.Tensor:
+    """Untargeted APGD on cross-entropy ('ce', APGD-CE) or DLR ('dlr', APGD-DLR).
+
+    `restarts` runs from independent uniform random starts; per example the result is a
+    misclassified point if any run found one, else the highest-loss point over the runs.
+    """
+    check_norm(norm)
+    if loss not in APGD_LOSSES:
+        raise ValueError(f"unknown APGD loss {loss!r}; expected one of {APGD_LOSSES}")
+    if int(steps) < 1 or int(restarts) < 1:
+        raise ValueError(f"steps and restarts must be >= 1, got {steps} and {restarts}")
+    x = tf.convert_to_tensor(x, tf.float32)
+    y = tf.cast(y, tf.int32)
+    eps_b = per_example(eps, x)
+    seed = rng.as_seed(seed)
+    objective = losses.cross_entropy if loss == "ce" else losses.dlr
+
+    def run(r):
+        return apgd_run(logits_fn, x, y, eps=eps_b, steps=steps, norm=norm, objective=objective,
+                        seed=rng.fold_in(seed, r), rho=rho, momentum=momentum,
+                        clip_min=clip_min, clip_max=clip_max)
+
+    return _runs(run, x, y, int(restarts), compare_loss=True)
+
+
+def apgd_targeted(
+    logits_fn: LogitsFn,
+    x: tf.Tensor,
+    y: tf.Tensor,
+    *,
+    eps: float | tf.Tensor,
+    norm: str = "linf",
+    steps: int = 100,
+    n_target_classes: int = 9,
+    restarts: int = 1,
+    rho: float = 0.75,
+    momentum: float = 0.75,
+    seed: int | tf.Tensor | None = None,
+    clip_min: float = 0.0,
+    clip_max: float = 1.0,
+) -> tf.Tensor:
+    """APGD-T: APGD on the targeted DLR loss, one run per target class (times `restarts`).
+
+    The targets of an example are the `n_target_classes` classes other than y with the highest
+    clean logits, in that order (capped at K - 1); needs K >= 4 classes. A misclassified point from
+    any run is kept.
+    """
+    check_norm(norm)
+    if int(steps) < 1 or int(restarts) < 1 or int(n_target_classes) < 1:
+        raise ValueError("steps, restarts and n_target_classes must be >= 1")
+    x = tf.convert_to_tensor(x, tf.float32)
+    y = tf.cast(y, tf.int32)
+    eps_b = per_example(eps, x)
+    seed = rng.as_seed(seed)
+    clean_logits = tf.stop_gradient(tf.cast(logits_fn(x), tf.float32))
+    num_classes = clean_logits.shape[-1]
+    if num_classes is None:
+        raise ValueError("APGD-T needs a static number of classes in the logits")
+    if num_classes < 4:
+        raise ValueError(f"APGD-T's targeted DLR loss needs at least 4 classes, got {num_classes}")
+    n_targets = min(int(n_target_classes), num_classes - 1)
+    others = tf.where(tf.one_hot(y, num_classes) > 0.5, -float("inf"), clean_logits)
+    targets = tf.math.top_k(others, k=n_targets).indices  # [B, n_targets]
+    restarts = int(restarts)
+
+    def run(r):
+        target = tf.gather(targets, r // restarts, axis=1)
+
+        def objective(logits, labels):
+            return losses.dlr_targeted(logits, labels, target)
+
+        return apgd_run(logits_fn, x, y, eps=eps_b, steps=steps, norm=norm, objective=objective,
+                        seed=rng.fold_in(seed, r), rho=rho, momentum=momentum,
+                        clip_min=clip_min, clip_max=clip_max)
+
+    return _runs(run, x, y, n_targets * restarts, compare_loss=False)
