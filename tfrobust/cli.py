@@ -23,6 +23,8 @@ def native_stderr_captured():
         os.dup2(held.fileno(), 2)
         try:
             yield
+            if "tensorflow" in sys.modules:  # device discovery logs too (cuInit on GPU-less hosts)
+                sys.modules["tensorflow"].config.list_physical_devices()
         except BaseException:
             os.dup2(saved, 2)
             held.seek(0)

@@ -1,0 +1,103 @@
+"""Evaluate the robustness of an exported classifier, with gradient-masking sanity checks.
+
+    python runners/evaluate.py --model=runs/pgd_at-digits                  # a training run directory
+    python runners/evaluate.py --model=path/to/savedmodel --dataset=mnist --eps=0.1,0.2,0.3 --suite=full
+
+Writes report.json, report.md, accuracy_vs_eps.png and TensorBoard scalars to --output_dir and
+prints the table. Flags in, one `tfrobust.evaluation.robust_accuracy` call out.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from absl import app, flags, logging
+
+from tfrobust import cli
+
+with cli.native_stderr_captured():
+    from tfrobust import data, evaluation, export
+
+flags.DEFINE_string("model", None, "A training run directory, or an exported SavedModel directory.")
+flags.DEFINE_string("dataset", None, "Dataset (as for train.py); default: the run's dataset, else digits.")
+flags.DEFINE_string("data_dir", None, "TFDS data directory.")
+flags.DEFINE_enum("suite", "standard", sorted(evaluation.SUITES), "quick: PGD-20; standard: APGD-CE + APGD-T; "
+                  "full: standard + Square.")
+flags.DEFINE_list("attacks", [], f"Attacks instead of the suite, from {', '.join(evaluation.ATTACK_NAMES)}.")
+flags.DEFINE_list("eps", [], "Perturbation budgets (pixels in [0, 1]); default: the run's eps, else 0.1.")
+flags.DEFINE_enum("norm", None, ["linf", "l2"], "Threat model norm; default: the run's, else linf.")
+flags.DEFINE_integer("examples", 1000, "Evaluate the first N test examples (0: all).", lower_bound=0)
+flags.DEFINE_integer("batch_size", 256, "Examples per compiled attack batch.", lower_bound=1)
+flags.DEFINE_enum("checks", "all", ["all", "none"], "Run the gradient-masking sanity checks.")
+flags.DEFINE_integer("seed", 0, "Seed of the attacks' random starts.")
+flags.DEFINE_string("output_dir", None, "Where to write the report; default: MODEL/evaluation (run directory) "
+                    "or MODEL-evaluation (SavedModel).")
+flags.DEFINE_bool("overwrite", False, "Replace an existing report in output_dir.")
+flags.DEFINE_bool("verbose", True, "Progress bars.")
+FLAGS = flags.FLAGS
+
+
+def fail(message: object, code: int = 2):
+    cli.fail("evaluate.py", message, code)
+
+
+def _resolve_model(path: str) -> tuple[str, dict, str]:
+    """(SavedModel path, the run's config or {}, default output directory)."""
+    path = os.path.normpath(path)
+    if os.path.isfile(os.path.join(path, "config.json")):
+        with open(os.path.join(path, "config.json")) as f:
+            return os.path.join(path, "savedmodel"), json.load(f), os.path.join(path, "evaluation")
+    return path, {}, path + "-evaluation"
+
+
+def _eps_values(run_config: dict) -> list[float]:
+    try:
+        values = [float(e) for e in FLAGS.eps] or [float(run_config.get("eps", 0.1))]
+    except ValueError:
+        fail(f"--eps must be a comma-separated list of numbers, got {','.join(FLAGS.eps)}")
+    norm = FLAGS.norm or run_config.get("norm", "linf")
+    bad = [e for e in values if e < 0 or (norm == "linf" and e > 1)]
+    if bad:
+        fail(f"--eps values must be in [0, 1] for linf (pixels are in [0, 1]) and >= 0 for l2, got {bad}")
+    return values
+
+
+def main(argv: list[str]) -> None:
+    logging.set_verbosity(logging.WARNING)
+    if not FLAGS.model:
+        fail("--model is required: a training run directory or a SavedModel directory")
+    savedmodel, run_config, default_out = _resolve_model(FLAGS.model)
+    out = FLAGS.output_dir or default_out
+    if os.path.exists(os.path.join(out, "report.json")) and not FLAGS.overwrite:
+        fail(f"{out} already holds a report; pass --overwrite to replace it, or another --output_dir")
+    eps_values = _eps_values(run_config)
+    norm = FLAGS.norm or run_config.get("norm", "linf")
+    attacks = FLAGS.attacks or FLAGS.suite
+    try:
+        specs = evaluation.resolve_attacks(attacks)
+        logits_fn = export.load_logits_fn(savedmodel)
+        source = FLAGS.dataset or run_config.get("dataset", "digits")
+        splits = data.load(source, data_dir=FLAGS.data_dir or run_config.get("data_dir"))
+        expected = export.input_shape(savedmodel)
+        if tuple(splits.image_shape) != tuple(expected):
+            fail(f"dataset {source} has images of shape {splits.image_shape}, the model takes {expected}")
+        report = evaluation.robust_accuracy(
+            logits_fn, (splits.x_test, splits.y_test), attacks=specs, eps_values=eps_values, norm=norm,
+            batch_size=FLAGS.batch_size, limit=FLAGS.examples or None, seed=FLAGS.seed,
+            checks="all" if FLAGS.checks == "all" else None, verbose=FLAGS.verbose)
+    except (evaluation.EvaluationError, export.ExportError, data.DataError, ValueError) as e:
+        fail(e)
+    os.makedirs(out, exist_ok=True)
+    report.to_json(os.path.join(out, "report.json"))
+    markdown = report.to_markdown()
+    with open(os.path.join(out, "report.md"), "w") as f:
+        f.write(markdown)
+    report.plot(os.path.join(out, "accuracy_vs_eps.png"))
+    report.write_tensorboard(os.path.join(out, "logs"))
+    print(markdown)
+    print(f"Report: {out}/report.json, report.md, accuracy_vs_eps.png")
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=cli.flags_parser("evaluate.py"))
