@@ -25,3 +25,29 @@ def tiny_classifier(digits):
 def batch(splits, n=32, start=0):
     x = np.asarray(splits.x_test[start : start + n], np.float32)
     return x, splits.y_test[start : start + n].astype(np.int32)
+
+
+def digits_arrays():
+    """(x_train, y_train, x_test, y_test) of the digits' fixed split, as float32 / int32 arrays."""
+    splits = data.load("digits")
+    return (splits.x_train.astype(np.float32), splits.y_train.astype(np.int32),
+            splits.x_test.astype(np.float32), splits.y_test.astype(np.int32))
+
+
+@pytest.fixture(scope="session")
+def digits_cnn():
+    """A small CNN trained normally on digits (20 epochs, Adam): the evaluation tests' target."""
+    keras.utils.set_random_seed(0)
+    x_train, y_train, _, _ = digits_arrays()
+    net = keras.Sequential([
+        keras.Input((8, 8, 1)),
+        keras.layers.Conv2D(8, 3, padding="same", activation="relu"),
+        keras.layers.Conv2D(16, 3, padding="same", activation="relu"),
+        keras.layers.MaxPooling2D(2),
+        keras.layers.Flatten(),
+        keras.layers.Dense(32, activation="relu"),
+        keras.layers.Dense(10),
+    ])
+    net.compile(keras.optimizers.Adam(3e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    net.fit(x_train, y_train, epochs=20, batch_size=64, verbose=0)
+    return net

@@ -8,11 +8,9 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from sklearn.datasets import load_digits  # noqa: E402
 
 from tfrobust import losses  # noqa: E402
 from tfrobust.attacks import apgd, apgd_targeted, fgsm, input_gradient, pgd, square  # noqa: E402
@@ -20,36 +18,13 @@ from tfrobust.attacks.apgd import apgd_run, checkpoints  # noqa: E402
 from tfrobust.attacks.square import p_selection  # noqa: E402
 from tfrobust.evaluation import AttackSpec, attack_function  # noqa: E402
 
-
-def digits_splits():
-    digits = load_digits()
-    x = (digits.images / 16.0).astype("float32")[..., None]
-    y = digits.target.astype("int32")
-    return x[:1437], y[:1437], x[1437:], y[1437:]
-
-
-def train_digits_cnn(epochs: int = 20) -> keras.Model:
-    keras.utils.set_random_seed(0)
-    x_train, y_train, _, _ = digits_splits()
-    model = keras.Sequential([
-        keras.Input((8, 8, 1)),
-        keras.layers.Conv2D(8, 3, padding="same", activation="relu"),
-        keras.layers.Conv2D(16, 3, padding="same", activation="relu"),
-        keras.layers.MaxPooling2D(2),
-        keras.layers.Flatten(),
-        keras.layers.Dense(32, activation="relu"),
-        keras.layers.Dense(10),
-    ])
-    model.compile(keras.optimizers.Adam(3e-3),
-                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    model.fit(x_train, y_train, epochs=epochs, batch_size=64, verbose=0)
-    return model
+from conftest import digits_arrays  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def digits():
-    model = train_digits_cnn()
-    _, _, x_test, y_test = digits_splits()
+def digits(digits_cnn):
+    model = digits_cnn
+    _, _, x_test, y_test = digits_arrays()
     logits_fn = lambda x: model(x, training=False)  # noqa: E731
     return model, logits_fn, tf.constant(x_test), tf.constant(y_test)
 

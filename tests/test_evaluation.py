@@ -9,15 +9,15 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from sklearn.datasets import load_digits  # noqa: E402
 
 from tfrobust import evaluation as ev  # noqa: E402
 from tfrobust import export  # noqa: E402
 from tfrobust.evaluation import AttackSpec, CheckSettings, robust_accuracy  # noqa: E402
+
+from conftest import digits_arrays  # noqa: E402
 
 EPS = [0.05, 0.1, 0.2]
 CHEAP_CHECKS = CheckSettings(few_steps=5, many_steps=25, cleverhans_steps=10, large_eps_steps=10,
@@ -31,34 +31,14 @@ ATTACKS = [
 ]
 
 
-def digits_splits():
-    digits = load_digits()
-    x = (digits.images / 16.0).astype("float32")[..., None]
-    y = digits.target.astype("int32")
-    return x[:1437], y[:1437], x[1437:], y[1437:]
-
-
 @pytest.fixture(scope="module")
-def model():
-    keras.utils.set_random_seed(0)
-    x_train, y_train, _, _ = digits_splits()
-    net = keras.Sequential([
-        keras.Input((8, 8, 1)),
-        keras.layers.Conv2D(8, 3, padding="same", activation="relu"),
-        keras.layers.Conv2D(16, 3, padding="same", activation="relu"),
-        keras.layers.MaxPooling2D(2),
-        keras.layers.Flatten(),
-        keras.layers.Dense(32, activation="relu"),
-        keras.layers.Dense(10),
-    ])
-    net.compile(keras.optimizers.Adam(3e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    net.fit(x_train, y_train, epochs=20, batch_size=64, verbose=0)
-    return net
+def model(digits_cnn):
+    return digits_cnn
 
 
 @pytest.fixture(scope="module")
 def test_set():
-    _, _, x_test, y_test = digits_splits()
+    _, _, x_test, y_test = digits_arrays()
     return x_test, y_test
 
 
