@@ -30,6 +30,8 @@ flags.DEFINE_string("dataset", _D("dataset"), "digits (offline default), a TFDS 
 flags.DEFINE_string("data_dir", _D("data_dir"), "TFDS data directory.")
 flags.DEFINE_float("validation_size", _D("validation_size"), "Held out from train for per-epoch robust "
                    "validation: a fraction below 1, else a count; 0 for none.", lower_bound=0)
+flags.DEFINE_integer("train_examples", _D("train_examples"), "Use only the first N training examples (0: all).",
+                     lower_bound=0)
 flags.DEFINE_enum("augment", _D("augment"), ["auto", "true", "false"], "Pad-4 crop and flip; auto: for 32x32 colour data.")
 flags.DEFINE_enum("model", _D("model"), list(models.MODEL_NAMES), "Architecture.")
 flags.DEFINE_bool("normalize", _D("normalize"), "Normalize inputs by the training set's channel mean/std inside the model.")
@@ -104,6 +106,10 @@ def config_from_flags() -> training.TrainConfig:
     except ValueError:
         raise training.ConfigError(f"lr_decay_epochs must be integers, got {FLAGS.lr_decay_epochs}") from None
     wanted = methods.hyperparameters(FLAGS.method)
+    foreign = [n for n in _METHOD_FLAGS if n not in wanted and FLAGS[n].value is not None]
+    if foreign:
+        raise training.ConfigError(f"method {FLAGS.method} does not take --{', --'.join(foreign)}; "
+                                   f"it takes {['--' + n for n in wanted] or 'no method flags'}")
     values["method_options"] = {n: FLAGS[n].value for n in wanted if FLAGS[n].value is not None}
     return training.TrainConfig(**values)
 

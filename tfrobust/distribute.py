@@ -1,9 +1,16 @@
-"""Distribution strategies by name, and the cross-replica sum of batch-level statistics."""
+"""Distribution strategies by name, which process writes, and cross-replica sums.
+
+Only the chief (the `chief` task of TF_CONFIG, or `worker` 0 when there is none) writes the run's
+files. Other workers still take part in every collective operation (training steps, evaluation,
+checkpoint saving and export); whatever they must write goes to a private temporary directory that
+the caller deletes afterwards (`worker_dir`), as the TensorFlow multi-worker guide prescribes.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import tempfile
 
 import tensorflow as tf
 
@@ -17,30 +24,74 @@ def make_strategy(name: str = "auto") -> tf.distribute.Strategy:
     one_device: the first GPU, or the CPU; mirrored: MirroredStrategy over every visible GPU (or
     every logical CPU device when there is no GPU, which is how the tests split one CPU);
     multi_worker: MultiWorkerMirroredStrategy configured by the TF_CONFIG environment variable.
+    Create it before any other TensorFlow op runs: MultiWorkerMirroredStrategy configures the
+    process's collective runtime when it is created.
     """
     if name not in STRATEGIES:
         raise ValueError(f"unknown strategy {name!r}; expected one of {STRATEGIES}")
+    if name == "multi_worker":  # before anything that starts the runtime (list_logical_devices does)
+        if not os.environ.get("TF_CONFIG"):
+            raise ValueError("strategy multi_worker needs the TF_CONFIG environment variable (cluster and task)")
+        try:
+            json.loads(os.environ["TF_CONFIG"])
+        except ValueError as e:
+            raise ValueError(f"TF_CONFIG is not valid JSON: {e}") from None
+        return tf.distribute.MultiWorkerMirroredStrategy()
     gpus = tf.config.list_logical_devices("GPU")
     if name == "auto":
         return tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
     if name == "one_device":
         return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
-    if name == "mirrored":
-        devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
-        return tf.distribute.MirroredStrategy(devices)
+    devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
+    return tf.distribute.MirroredStrategy(devices)  # mirrored
+
+
+def is_multi_worker(strategy: tf.distribute.Strategy) -> bool:
+    """Whether `strategy` spans more than one process."""
+    extended = strategy.extended
+    return bool(getattr(extended, "_in_multi_worker_mode", lambda: False)())
+
+
+def task() -> tuple[str, int]:
+    """(task type, task index) of this process in TF_CONFIG; ("chief", 0) without it."""
     if not os.environ.get("TF_CONFIG"):
-        raise ValueError("strategy multi_worker needs the TF_CONFIG environment variable (cluster and task)")
-    return tf.distribute.MultiWorkerMirroredStrategy()
+        return "chief", 0
+    t = json.loads(os.environ["TF_CONFIG"]).get("task", {})
+    return str(t.get("type", "chief")), int(t.get("index", 0))
 
 
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
-    """Whether this process writes summaries, checkpoints and exports (the chief, or worker 0)."""
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not os.environ.get("TF_CONFIG"):
-        return True
-    task = json.loads(os.environ["TF_CONFIG"]).get("task", {})
-    return task.get("type") == "chief" or (task.get("type") == "worker" and task.get("index", 0) == 0
-                                           and "chief" not in json.loads(os.environ["TF_CONFIG"]).get("cluster", {}))
+    """Whether this process writes summaries, checkpoints and exports (the chief, or worker 0).
+
+    TensorFlow's own answer (`strategy.extended.should_checkpoint`: False only on the non-chief
+    workers of a multi-worker strategy).
+    """
+    return bool(getattr(strategy.extended, "should_checkpoint", True))
+
+
+def worker_dir(path: str, strategy: tf.distribute.Strategy) -> str:
+    """Where this process writes what would go to `path`: `path` itself on the chief, else a new
+    private temporary directory (the caller deletes it when done)."""
+    if is_chief(strategy):
+        return path
+    kind, index = task()
+    return tempfile.mkdtemp(prefix=f"tfrobust-{kind}{index}-")
+
+
+def broadcast_from_chief(strategy: tf.distribute.Strategy, value: int) -> int:
+    """The chief's `value` on every worker (a collective: every worker must call it).
+
+    Used to agree on decisions only the chief can make (whether the run directory is usable and
+    whether it holds a run to continue) and to check that every worker restored the same step.
+    Without multiple workers it returns `value`.
+    """
+    if not is_multi_worker(strategy):
+        return int(value)
+    local = len(strategy.extended.worker_devices)
+    share = float(value) / local if is_chief(strategy) else 0.0
+    per_replica = strategy.experimental_distribute_values_from_function(
+        lambda ctx: tf.constant(share, tf.float64))
+    return int(round(float(strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None))))
 
 
 def global_sum(value: tf.Tensor) -> tf.Tensor:

@@ -53,6 +53,7 @@ class TrainConfig:
     dataset: str = "digits"
     data_dir: str | None = None
     validation_size: float = 0.1
+    train_examples: int = 0  # use only the first N training examples (0: all); for quick runs
     augment: str = "auto"  # auto: pad-crop-flip for 32x32 colour data
     # model
     model: str = "tiny_cnn"
@@ -138,6 +139,7 @@ def validate(config: TrainConfig) -> None:
     need(config.attack_bn_mode in ATTACK_BN_MODES, f"attack_bn_mode must be one of {ATTACK_BN_MODES}, got {config.attack_bn_mode!r}")
     need(config.augment in ("auto", "true", "false"), f"augment must be auto, true or false, got {config.augment!r}")
     need(config.validation_size >= 0, f"validation_size must be >= 0, got {config.validation_size}")
+    need(config.train_examples >= 0, f"train_examples must be >= 0, got {config.train_examples}")
     need(config.eval_examples >= 0, f"eval_examples must be >= 0, got {config.eval_examples}")
     need(config.log_every_steps >= 1, f"log_every_steps must be >= 1, got {config.log_every_steps}")
     need(config.checkpoint_every_steps >= 0, f"checkpoint_every_steps must be >= 0, got {config.checkpoint_every_steps}")
@@ -237,15 +239,54 @@ def train(config: TrainConfig, extra_callbacks: Sequence[keras.callbacks.Callbac
     """Run (or continue) the training run `config` describes. Raises ConfigError or DataError on
     bad input before anything in an existing run directory is changed."""
     validate(config)
+    # The strategy first: MultiWorkerMirroredStrategy must exist before any other TensorFlow op.
+    try:
+        strategy = distribute.make_strategy(config.strategy)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    chief = distribute.is_chief(strategy)
     splits = data.load(config.dataset, data_dir=config.data_dir,
                        validation_size=_validation_size(config.validation_size), seed=config.seed)
+    if config.train_examples:
+        splits = dataclasses.replace(splits, x_train=splits.x_train[: config.train_examples],
+                                     y_train=splits.y_train[: config.train_examples])
     steps_per_epoch = data.steps_per_epoch(len(splits.x_train), config.batch_size)
-    strategy = distribute.make_strategy(config.strategy)
     if config.batch_size % strategy.num_replicas_in_sync:
         raise ConfigError(f"batch_size {config.batch_size} is not divisible by the "
                           f"{strategy.num_replicas_in_sync} replicas")
-    resuming = prepare_run_dir(config)
+    resuming = _prepare_run_dir_on_chief(config, strategy)
     run_dir = config.run_dir()
+    # Non-chief workers write their share of checkpoints and the export to a private temporary
+    # directory (deleted at the end) and nothing else.
+    write_dir = distribute.worker_dir(run_dir, strategy)
+    try:
+        return _train(config, extra_callbacks, strategy, splits, steps_per_epoch, resuming, write_dir)
+    finally:
+        if not chief:
+            shutil.rmtree(write_dir, ignore_errors=True)
+
+
+def _prepare_run_dir_on_chief(config: TrainConfig, strategy: tf.distribute.Strategy) -> bool:
+    """`prepare_run_dir` on the chief; every worker learns its verdict (fresh run or continue)."""
+    status, error = 0, None  # 0: refused, 1: fresh run, 2: continue
+    if distribute.is_chief(strategy):
+        try:
+            status = 2 if prepare_run_dir(config) else 1
+        except ConfigError as e:
+            error = e
+    status = distribute.broadcast_from_chief(strategy, status)
+    if error is not None:
+        raise error
+    if status == 0:
+        raise ConfigError(f"the chief worker refused the run directory {config.run_dir()!r}; see its error")
+    return status == 2
+
+
+def _train(config: TrainConfig, extra_callbacks: Sequence[keras.callbacks.Callback],
+           strategy: tf.distribute.Strategy, splits: data.Splits, steps_per_epoch: int, resuming: bool,
+           write_dir: str) -> TrainResult:
+    run_dir = config.run_dir()
+    chief = distribute.is_chief(strategy)
 
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:
@@ -262,24 +303,32 @@ def train(config: TrainConfig, extra_callbacks: Sequence[keras.callbacks.Callbac
         jit = {"auto": "auto", "true": True, "false": False}[config.jit_compile]
         robust.compile(optimizer=build_optimizer(config, steps_per_epoch), jit_compile=jit)
         checkpoint = tf.train.Checkpoint(model=classifier, optimizer=robust.optimizer)
-        manager = tf.train.CheckpointManager(checkpoint, os.path.join(run_dir, "checkpoints"), max_to_keep=3)
-        if resuming and manager.latest_checkpoint:
-            checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        manager = tf.train.CheckpointManager(checkpoint, os.path.join(write_dir, "checkpoints"), max_to_keep=3)
+        # Every worker restores the chief's checkpoint (multi-worker runs need a shared output_dir).
+        latest = tf.train.latest_checkpoint(os.path.join(run_dir, "checkpoints")) if resuming else None
+        if latest:
+            checkpoint.restore(latest).assert_existing_objects_matched()
 
     done = int(robust.optimizer.iterations.numpy())
     start_epoch, skip = divmod(done, steps_per_epoch)
-    if resuming:
+    if distribute.broadcast_from_chief(strategy, done) != done:
+        raise ConfigError(f"this worker restored optimizer step {done} but the chief another one; multi-worker "
+                          "runs need an output_dir that every worker sees")
+    if resuming and chief:
         print(f"Continuing {run_dir} at epoch {start_epoch + 1}, batch {skip} (optimizer step {done}).")
 
     augment = config.augment == "true" or (config.augment == "auto" and data.is_cifar_like(splits))
     x_show, y_show = (splits.x_val, splits.y_val) if len(splits.x_val) else (splits.x_test, splits.y_test)
     show = next(iter(data.eval_dataset(x_show, y_show, batch_size=8, limit=8)))
     logdir = os.path.join(run_dir, "logs")
+    summaries = [  # the chief's alone
+        keras.callbacks.TensorBoard(logdir, update_freq=config.log_every_steps),
+        callbacks_lib.AdversarialImages(os.path.join(logdir, "images"), show[0].numpy(), show[1].numpy()),
+    ] if chief else []
     callbacks = [
         callbacks_lib.StopOnNonFiniteLoss(),
         callbacks_lib.Throughput(config.batch_size),
-        keras.callbacks.TensorBoard(logdir, update_freq=config.log_every_steps),
-        callbacks_lib.AdversarialImages(os.path.join(logdir, "images"), show[0].numpy(), show[1].numpy()),
+        *summaries,
         callbacks_lib.StepCheckpoint(manager, config.checkpoint_every_steps),
         *extra_callbacks,
     ]
@@ -303,7 +352,9 @@ def train(config: TrainConfig, extra_callbacks: Sequence[keras.callbacks.Callbac
     if start_epoch < config.epochs:
         fit(start_epoch, config.epochs, 0)
 
-    export_path = export.export_classifier(classifier, os.path.join(run_dir, "savedmodel"))
+    export_path = export.export_classifier(classifier, os.path.join(write_dir, "savedmodel"))
+    if not chief:  # its copy is deleted; the run's export is the chief's
+        export_path = os.path.abspath(os.path.join(run_dir, "savedmodel"))
     limit = config.eval_examples or None
     test = data.eval_dataset(splits.x_test, splits.y_test, batch_size=max(config.batch_size, 100), limit=limit)
     final = robust.evaluate(test, verbose=0, return_dict=True)
@@ -314,7 +365,8 @@ def train(config: TrainConfig, extra_callbacks: Sequence[keras.callbacks.Callbac
                          train_step_traces=robust.train_step_traces, history=history)
     summary = dataclasses.asdict(result)
     summary["eval_attack"] = dataclasses.asdict(robust.eval_attack)
-    _write_json(os.path.join(run_dir, "summary.json"), summary)
+    if chief:
+        _write_json(os.path.join(run_dir, "summary.json"), summary)
     return result
 
 

@@ -1,0 +1,129 @@
+"""The benchmark (library and runner) and the speed options: XLA and mixed precision."""
+
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfrobust import benchmark, methods, models, training
+from tfrobust.methods.base import StepContext
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RUNNER = os.path.join(ROOT, "runners", "benchmark.py")
+
+
+@pytest.fixture
+def float32_policy():
+    yield
+    keras.mixed_precision.set_global_policy("float32")  # a run sets the global policy; restore it
+
+
+@pytest.mark.parametrize("mode", ["tensors", "fit"])
+def test_measure_times_the_step_after_one_trace(mode):
+    case = benchmark.Case(model="tiny_cnn", method="pgd_at", attack_steps=2, mode=mode, batch_size=16,
+                          steps=2, repeats=2, warmup=1)
+    r = benchmark.measure(case)
+    assert r.traces == 1
+    assert len(r.repeat_seconds) == 2 and r.step_seconds == pytest.approx(np.median(r.repeat_seconds))
+    assert r.images_per_second == pytest.approx(16 / r.step_seconds)
+    assert r.first_call_seconds > 0 and r.peak_rss_mb >= r.rss_before_mb > 0
+
+
+def test_relative_times_and_table():
+    def result(method, seconds, jit=False):
+        case = benchmark.Case(method=method, jit_compile=jit).resolved()
+        return benchmark.Result(case=case, step_seconds=seconds, images_per_second=64 / seconds,
+                                repeat_seconds=[seconds], first_call_seconds=1.0, traces=1, rss_before_mb=100.0,
+                                peak_rss_mb=150.0, peak_rss_delta_mb=50.0)
+
+    results = benchmark.add_relative_times([result("standard", 0.01), result("pgd_at", 0.08),
+                                            result("pgd_at", 0.2, jit=True)])
+    assert results[0].relative_to_clean == pytest.approx(1.0)
+    assert results[1].relative_to_clean == pytest.approx(8.0)
+    assert results[2].relative_to_clean is None  # no clean step measured with XLA on
+    table = benchmark.markdown(results).splitlines()
+    assert len(table) == 2 + 3 and all(line.count("|") == table[0].count("|") for line in table)
+    assert "| pgd_at | 10 | off | tensors | 800 | 80.0 | 8.00 | 1 |" in table[3]
+    assert benchmark.Result.from_json(json.loads(json.dumps(results[1].to_json()))) == results[1]
+
+
+def test_bad_cases_are_refused():
+    with pytest.raises(benchmark.BenchmarkError, match="model"):
+        benchmark.Case(model="vgg").resolved()
+    with pytest.raises(benchmark.BenchmarkError, match="method"):
+        benchmark.Case(method="nope").resolved().validate()
+    with pytest.raises(benchmark.BenchmarkError, match="mode"):
+        benchmark.Case(mode="eager").resolved().validate()
+
+
+def _run_runner(*args, timeout=400):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run([sys.executable, RUNNER, *args], capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def test_a_case_that_takes_too_long_is_reported_not_fatal():
+    slow = benchmark.Case(method="pgd_at", attack_steps=2, steps=1, repeats=1)
+    results = benchmark.run([slow], timeout=1)
+    assert results[0].error == "timed out after 1 s" and results[0].relative_to_clean is None
+    assert "timed out after 1 s" in benchmark.markdown(results)
+    assert json.loads(json.dumps(results[0].to_json(), allow_nan=False))["step_seconds"] is None
+
+
+def test_runner_measures_each_case_in_its_own_process_and_writes_the_table(tmp_path):
+    proc = _run_runner("--models=tiny_cnn", "--methods=standard,pgd_at", "--attack_steps=2", "--jit_compile=false",
+                       "--batch_size=16", "--steps=2", "--repeats=1", "--warmup=0", f"--output_dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    payload = json.load(open(tmp_path / "benchmark.json"))
+    rows = {r["case"]["method"]: r for r in payload["results"]}
+    assert sorted(rows) == ["pgd_at", "standard"] and len(payload["results"]) == 2
+    assert all(r["traces"] == 1 and r["images_per_second"] > 0 for r in rows.values())
+    assert rows["standard"]["relative_to_clean"] == 1.0 and rows["pgd_at"]["relative_to_clean"] > 1.0
+    summary, table = (tmp_path / "benchmark.md").read_text().strip().split("\n\n")
+    assert summary in proc.stdout and table in proc.stdout
+    assert table.count("\n") == 3 and summary.count("\n") == 3 and "| tiny_cnn (16) | tensors | pgd_at | 2 |" in summary
+
+
+def test_runner_bad_flag_is_one_line_and_exit_2(tmp_path):
+    proc = _run_runner("--models=vgg16", f"--output_dir={tmp_path}")
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "vgg16" in lines[0], proc.stderr
+    assert not os.listdir(tmp_path)
+
+
+# -- speed options in a training run ----------------------------------------------------------
+
+@pytest.mark.parametrize("jit,precision", [("true", "none"), ("false", "mixed_bfloat16"), ("false", "mixed_float16")])
+def test_run_with_xla_or_mixed_precision_traces_once_and_learns(tmp_path, float32_policy, jit, precision):
+    config = training.TrainConfig(method="pgd_at", epochs=1, batch_size=32, train_examples=256, attack_steps=2,
+                                  eval_steps=2, eval_examples=64, validation_size=0, jit_compile=jit,
+                                  mixed_precision=precision, lr=0.05, output_dir=str(tmp_path / "run"), verbose="0")
+    result = training.train(config)
+    assert result.train_step_traces == 1 and result.steps == 8
+    assert np.isfinite(result.history["loss"]).all() and result.clean_accuracy > 0.3
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "float16 input gradients underflow: a confident model's CE/KL gradients below ~6e-8 become 0 in the "
+    "float16 layers, so TRADES's attack, which starts at x + 0.001 N(0, I) where the KL gradient is tiny, "
+    "leaves most examples where they are. Needs a per-example rescaling of the gradient at the float32 "
+    "logits inside the attack (see docs/scale.md); remove this mark when attacks do it."))
+def test_trades_attack_moves_every_example_under_mixed_float16(digits, float32_policy):
+    x = np.asarray(digits.x_train[:256], np.float32)
+    y = digits.y_train[:256].astype(np.int32)
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    classifier = models.build_model("tiny_cnn", digits.image_shape, 10, mean=digits.mean, std=digits.std, seed=0)
+    classifier.compile(optimizer=keras.optimizers.Adam(3e-3),
+                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    classifier.fit(x, y, epochs=15, batch_size=32, verbose=0)  # confident: train accuracy 1.0
+    trades = methods.build("trades", methods.AttackConfig(eps=0.1, step_size=0.025, steps=5))
+    x_adv = trades.attack_inputs(StepContext(classifier, tf.constant([1, 2], tf.int64)), tf.constant(x),
+                                 tf.constant(y)).numpy()
+    moved = np.abs(x_adv - x).reshape(len(x), -1).max(axis=1) > 0.05
+    # In float32 the same attack moves every example (measured: 100%); in mixed_float16 about 32%.
+    assert moved.mean() > 0.95, moved.mean()

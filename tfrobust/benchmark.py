@@ -1,0 +1,355 @@
+"""How fast each method's compiled train step is, and how much memory it takes.
+
+One measurement (`Case`) builds a model, wraps it in `RobustModel` with a method, and times its
+train step on synthetic [0, 1] images of the model's input shape (the speed of a step does not
+depend on the pixel values):
+
+- mode "tensors": `tf.function(model.train_step, jit_compile=...)` called on ready tensors, so
+  nothing but the step is timed; mode "fit": Keras `fit` over a `tf.data` pipeline of the same
+  batch (what a training run does, callbacks and input pipeline included);
+- the first call (trace, compilation and one step) and `warmup` more steps are excluded; then
+  `repeats` timings of `steps` steps each; the reported step time is their median;
+- traces: `RobustModel.train_step_traces` after the whole measurement (one, if the step does not
+  retrace);
+- memory: the process's peak resident set (`getrusage` ru_maxrss) at the end, minus its resident
+  set just before the first call. Each case runs in a fresh Python process (`run_isolated`) so
+  the peaks of different cases do not mix. It counts everything the step makes resident (traced
+  graphs, XLA executables, TensorFlow's allocator caches, the tensors of the step), not only
+  the live tensors; it is an upper bound on what the step itself needs.
+
+`run` measures a list of cases, adds each one's time relative to the clean (`standard`) step of
+the same model, batch, XLA setting and mode; `markdown` (a row per case) and `summary` (XLA off
+and on side by side) format the results.
+Run it with `python runners/benchmark.py`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any, Callable, Iterable, Sequence
+
+MODES = ("tensors", "fit")
+# Model name -> (input shape, default global batch): the digits default and the MNIST SmallCNN recipe.
+PRESETS: dict[str, tuple[tuple[int, int, int], int]] = {
+    "tiny_cnn": ((8, 8, 1), 64),
+    "small_cnn": ((28, 28, 1), 128),
+    "lenet5": ((28, 28, 1), 50),
+    "resnet18": ((32, 32, 3), 128),
+    "preact_resnet18": ((32, 32, 3), 128),
+    "wide_resnet": ((32, 32, 3), 128),
+}
+
+
+class BenchmarkError(ValueError):
+    """A case that cannot be measured; the message is one line."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """One configuration to measure."""
+
+    model: str = "tiny_cnn"
+    method: str = "pgd_at"
+    attack_steps: int = 10
+    jit_compile: bool = False
+    mode: str = "tensors"
+    batch_size: int = 0  # 0: the model's preset
+    input_shape: tuple[int, int, int] | None = None  # None: the model's preset
+    num_classes: int = 10
+    steps: int = 5  # timed steps per repeat
+    repeats: int = 3
+    warmup: int = 1  # untimed steps after the first call
+    mixed_precision: str = "none"
+    seed: int = 0
+
+    def resolved(self) -> "Case":
+        if self.model not in PRESETS:
+            raise BenchmarkError(f"model must be one of {sorted(PRESETS)}, got {self.model!r}")
+        shape, batch = PRESETS[self.model]
+        return dataclasses.replace(self, batch_size=self.batch_size or batch,
+                                   input_shape=tuple(self.input_shape or shape))
+
+    def validate(self) -> None:
+        from tfrobust import methods  # noqa: PLC0415 (keeps `import tfrobust.benchmark` light)
+
+        if self.method not in methods.REGISTRY:
+            raise BenchmarkError(f"method must be one of {sorted(methods.REGISTRY)}, got {self.method!r}")
+        if self.mode not in MODES:
+            raise BenchmarkError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.mixed_precision not in ("none", "mixed_float16", "mixed_bfloat16"):
+            raise BenchmarkError(f"mixed_precision must be none, mixed_float16 or mixed_bfloat16, got {self.mixed_precision!r}")
+        if self.steps < 1 or self.repeats < 1 or self.warmup < 0 or self.batch_size < 0 or self.attack_steps < 0:
+            raise BenchmarkError("steps and repeats must be >= 1; warmup, batch_size and attack_steps >= 0")
+        if self.method == "atent" and self.attack_steps < 1:
+            raise BenchmarkError("atent needs attack_steps >= 1")
+
+
+@dataclasses.dataclass
+class Result:
+    case: Case
+    step_seconds: float  # median over repeats of (repeat time / steps)
+    images_per_second: float
+    repeat_seconds: list[float]  # each repeat's time per step
+    first_call_seconds: float  # trace + compile + one step
+    traces: int
+    rss_before_mb: float
+    peak_rss_mb: float
+    peak_rss_delta_mb: float
+    relative_to_clean: float | None = None  # step time over the standard step's, same settings
+    error: str | None = None  # why the case has no figures (e.g. it timed out)
+
+    @classmethod
+    def failed(cls, case: Case, error: str) -> "Result":
+        nan = float("nan")
+        return cls(case=case, step_seconds=nan, images_per_second=nan, repeat_seconds=[], first_call_seconds=nan,
+                   traces=0, rss_before_mb=nan, peak_rss_mb=nan, peak_rss_delta_mb=nan, error=error)
+
+    def to_json(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["case"]["input_shape"] = list(self.case.input_shape or ())
+        return {k: None if isinstance(v, float) and v != v else v for k, v in d.items()}  # NaN -> null
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "Result":
+        d = dict(d)
+        case = dict(d.pop("case"))
+        case["input_shape"] = tuple(case["input_shape"]) if case.get("input_shape") else None
+        return cls(case=Case(**case), **d)
+
+
+def _rss_mb() -> float:
+    """Current resident set of this process in MB (Linux /proc), or the peak where unavailable."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return _peak_rss_mb()
+
+
+def _peak_rss_mb() -> float:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KB on Linux
+
+
+def measure(case: Case) -> Result:
+    """Measure `case` in this process (see the module docstring for what is timed)."""
+    case = case.resolved()
+    case.validate()
+    import keras  # noqa: PLC0415
+    import numpy as np  # noqa: PLC0415
+    import tensorflow as tf  # noqa: PLC0415
+
+    from tfrobust import methods, models  # noqa: PLC0415
+    from tfrobust.robust_model import RobustModel  # noqa: PLC0415
+
+    keras.mixed_precision.set_global_policy("float32" if case.mixed_precision == "none" else case.mixed_precision)
+    classifier = models.build_model(case.model, case.input_shape, case.num_classes, seed=case.seed)
+    attack = methods.AttackConfig(eps=0.1, step_size=0.025, steps=case.attack_steps)
+    model = RobustModel(classifier, methods.build(case.method, attack), seed=case.seed)
+    model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9), jit_compile=case.jit_compile)
+    rng = np.random.default_rng(case.seed)
+    x = tf.constant(rng.random((case.batch_size, *case.input_shape), np.float32))
+    y = tf.constant(rng.integers(0, case.num_classes, case.batch_size).astype(np.int32))
+
+    rss_before = _rss_mb()
+    if case.mode == "tensors":
+        first, per_step = _time_tensors(model, x, y, case)
+    else:
+        first, per_step = _time_fit(model, x, y, case)
+    peak = _peak_rss_mb()
+    step = statistics.median(per_step)
+    return Result(case=case, step_seconds=step, images_per_second=case.batch_size / step,
+                  repeat_seconds=per_step, first_call_seconds=first, traces=model.train_step_traces,
+                  rss_before_mb=rss_before, peak_rss_mb=peak, peak_rss_delta_mb=max(0.0, peak - rss_before))
+
+
+def _time_tensors(model, x, y, case: Case) -> tuple[float, list[float]]:
+    import tensorflow as tf  # noqa: PLC0415
+
+    step = tf.function(model.train_step, jit_compile=case.jit_compile)
+    start = time.perf_counter()
+    float(step((x, y))["loss"])
+    first = time.perf_counter() - start
+    logs = None
+    for _ in range(case.warmup):
+        logs = step((x, y))
+    if logs is not None:
+        float(logs["loss"])
+    per_step = []
+    for _ in range(case.repeats):
+        start = time.perf_counter()
+        for _ in range(case.steps):
+            logs = step((x, y))
+        float(logs["loss"])  # wait for the last step
+        per_step.append((time.perf_counter() - start) / case.steps)
+    return first, per_step
+
+
+def _time_fit(model, x, y, case: Case) -> tuple[float, list[float]]:
+    import keras  # noqa: PLC0415
+    import tensorflow as tf  # noqa: PLC0415
+
+    options = tf.data.Options()
+    options.autotune.enabled = False  # as in training runs (see data.train_stream)
+    dataset = tf.data.Dataset.from_tensors((x, y)).repeat().prefetch(2).with_options(options)
+    epoch_times: list[float] = []
+
+    class Timer(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.start = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            epoch_times.append(time.perf_counter() - self.start)
+
+    start = time.perf_counter()
+    model.fit(dataset, epochs=1, steps_per_epoch=1 + case.warmup, verbose=0, shuffle=False)
+    first = time.perf_counter() - start
+    model.fit(dataset, epochs=case.repeats, steps_per_epoch=case.steps, verbose=0, shuffle=False, callbacks=[Timer()])
+    return first, [t / case.steps for t in epoch_times]
+
+
+_CHILD_MARK = "BENCHMARK_RESULT "
+
+
+def run_isolated(case: Case, timeout: float = 3600) -> Result:
+    """Measure `case` in a fresh Python process (its own peak memory, no shared state); a case
+    that takes longer than `timeout` seconds is stopped and returned as a failed result."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3"),
+               PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    payload = json.dumps(dataclasses.asdict(case))
+    try:
+        proc = subprocess.run([sys.executable, "-m", "tfrobust.benchmark", payload], capture_output=True,
+                              text=True, env=env, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return Result.failed(case, f"timed out after {timeout:g} s")
+    lines = [line for line in proc.stdout.splitlines() if line.startswith(_CHILD_MARK)]
+    if proc.returncode != 0 or not lines:
+        tail = " | ".join(line for line in proc.stderr.strip().splitlines()[-3:])
+        raise BenchmarkError(f"measuring {case} failed (exit {proc.returncode}): {tail}")
+    return Result.from_json(json.loads(lines[-1][len(_CHILD_MARK):]))
+
+
+def _clean_key(case: Case) -> tuple:
+    return (case.model, case.batch_size, tuple(case.input_shape or ()), case.jit_compile, case.mode,
+            case.mixed_precision)
+
+
+def add_relative_times(results: Sequence[Result]) -> list[Result]:
+    """Each result's step time over the `standard` step's with the same model, batch, XLA setting,
+    mode and precision (None when that clean case was not measured)."""
+    clean = {_clean_key(r.case): r.step_seconds for r in results if r.case.method == "standard" and not r.error}
+    for r in results:
+        base = clean.get(_clean_key(r.case))
+        r.relative_to_clean = r.step_seconds / base if base and not r.error else None
+    return list(results)
+
+
+def run(cases: Iterable[Case], isolate: bool = True, timeout: float = 3600,
+        progress: Callable[[Result], None] | None = None) -> list[Result]:
+    """Measure every case (each in a fresh process, stopped after `timeout` seconds, unless
+    `isolate` is False)."""
+    results = []
+    for case in cases:
+        case = case.resolved()
+        case.validate()
+        try:
+            result = run_isolated(case, timeout) if isolate else measure(case)
+        except BenchmarkError as e:  # one broken case does not lose the others
+            result = Result.failed(case, str(e))
+        results.append(result)
+        if progress:
+            progress(result)
+    return add_relative_times(results)
+
+
+def grid(models: Sequence[str], methods: Sequence[str], attack_steps: Sequence[int], jit: Sequence[bool],
+         modes: Sequence[str], **common) -> list[Case]:
+    """Every combination; `standard` (which has no attack) once per model, XLA setting and mode."""
+    cases = []
+    for model in models:
+        for mode in modes:
+            for j in jit:
+                for method in methods:
+                    for steps in ([0] if method == "standard" else attack_steps):
+                        cases.append(Case(model=model, method=method, attack_steps=steps, jit_compile=j,
+                                          mode=mode, **common).resolved())
+    return cases
+
+
+def markdown(results: Sequence[Result]) -> str:
+    """A Markdown table, one row per result."""
+    head = ("| model | input | batch | method | attack steps | XLA | mode | images/s | step ms | x clean step "
+            "| traces | first call s | peak RSS delta MB |")
+    rows = [head, "|" + " --- |" * (head.count("|") - 1)]
+    for r in results:
+        c = r.case
+        if r.error:
+            shape = "x".join(str(d) for d in (c.input_shape or ()))
+            rows.append(f"| {c.model} | {shape} | {c.batch_size} | {c.method} | {c.attack_steps} | "
+                        f"{'on' if c.jit_compile else 'off'} | {c.mode} | {r.error} | - | - | - | - | - |")
+            continue
+        rel = f"{r.relative_to_clean:.2f}" if r.relative_to_clean is not None else "-"
+        shape = "x".join(str(d) for d in (c.input_shape or ()))
+        rows.append(f"| {c.model} | {shape} | {c.batch_size} | {c.method} | {c.attack_steps} | "
+                    f"{'on' if c.jit_compile else 'off'} | {c.mode} | {r.images_per_second:.0f} | "
+                    f"{1000 * r.step_seconds:.1f} | {rel} | {r.traces} | {r.first_call_seconds:.1f} | "
+                    f"{r.peak_rss_delta_mb:.0f} |")
+    return "\n".join(rows)
+
+
+def summary(results: Sequence[Result]) -> str:
+    """A compact Markdown table: one row per model, mode, method and attack-step count; images/s
+    and the time over the clean step with XLA off and on side by side."""
+    def cell(r: Result | None) -> tuple[str, str, str]:
+        if r is None:
+            return "-", "-", "-"
+        if r.error:
+            return r.error, "-", "-"
+        rel = f"{r.relative_to_clean:.1f}" if r.relative_to_clean is not None else "-"
+        return f"{r.images_per_second:.0f}", rel, f"{r.traces}"
+
+    rows = {}
+    for r in results:
+        c = r.case
+        rows.setdefault((c.model, c.batch_size, c.mode, c.method, c.attack_steps), {})[c.jit_compile] = r
+    lines = ["| model (batch) | mode | method | attack steps | images/s, XLA off | x clean step | images/s, XLA on "
+             "| x clean step | traces (off/on) |", "|" + " --- |" * 9]
+    for (model, batch, mode, method, steps), by_jit in rows.items():
+        off, on = cell(by_jit.get(False)), cell(by_jit.get(True))
+        lines.append(f"| {model} ({batch}) | {mode} | {method} | {steps} | {off[0]} | {off[1]} | {on[0]} | {on[1]} "
+                     f"| {off[2]}/{on[2]} |")
+    return "\n".join(lines)
+
+
+def write(results: Sequence[Result], output_dir: str, extra: dict[str, Any] | None = None) -> tuple[str, str]:
+    """Write `benchmark.json` and `benchmark.md` under `output_dir`; return their paths."""
+    os.makedirs(output_dir, exist_ok=True)
+    json_path, md_path = os.path.join(output_dir, "benchmark.json"), os.path.join(output_dir, "benchmark.md")
+    payload = {"results": [r.to_json() for r in results], **(extra or {})}
+    text_md = summary(results) + "\n\n" + markdown(results) + "\n"
+    for path, text in ((json_path, json.dumps(payload, indent=2)), (md_path, text_md)):
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    return json_path, md_path
+
+
+def _child_main(argv: list[str]) -> None:
+    case = Case(**json.loads(argv[1]))
+    if case.input_shape is not None:
+        case = dataclasses.replace(case, input_shape=tuple(case.input_shape))
+    result = measure(case)
+    print(_CHILD_MARK + json.dumps(result.to_json()), flush=True)
+
+
+if __name__ == "__main__":
+    _child_main(sys.argv)
