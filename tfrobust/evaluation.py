@@ -170,16 +170,11 @@ def resolve_attacks(attacks: str | AttackSpec | Iterable[str | AttackSpec]) -> l
 # Attack functions
 
 
-def _misclassified(logits_fn: LogitsFn, x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
-    pred = tf.argmax(logits_fn(x), axis=-1, output_type=tf.int32)
-    return tf.not_equal(pred, tf.cast(y, tf.int32))
-
-
 def _with_restarts(single, logits_fn, x, y, restarts: int, seed):
     """Python-unrolled restarts of `single(seed)`, keeping a misclassified result per example."""
     best = single(seed)
     for r in range(1, restarts):
-        fooled = _misclassified(logits_fn, best, y)
+        fooled = gradient_lib.misclassified(logits_fn(best), y)
         new = single(rng.fold_in(seed, r))
         best = tf.where(tf.reshape(fooled, [-1] + [1] * (x.shape.rank - 1)), best, new)
     return best

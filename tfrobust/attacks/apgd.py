@@ -33,6 +33,7 @@ from tfrobust.attacks.gradient import (
     ascent_direction,
     check_norm,
     input_gradient,
+    misclassified,
     per_example,
     project,
     random_start,
@@ -59,10 +60,6 @@ def checkpoints(steps: int) -> list[int]:
 
 def _expand(mask: tf.Tensor, like: tf.Tensor) -> tf.Tensor:
     return tf.reshape(mask, [-1] + [1] * (like.shape.rank - 1))
-
-
-def _misclassified(logits: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
-    return tf.not_equal(tf.argmax(logits, axis=-1, output_type=tf.int32), tf.cast(y, tf.int32))
 
 
 def apgd_run(
@@ -92,7 +89,7 @@ def apgd_run(
 
     x_adv = clip(random_start(x, eps, norm, "uniform", seed))
     grad, loss, logits = input_gradient(logits_fn, objective, x_adv, y)
-    fooled = _misclassified(logits, y)
+    fooled = misclassified(logits, y)
     batch_shape = tf.concat([tf.shape(x)[:1], tf.ones([x.shape.rank - 1], tf.int32)], axis=0)
     step_size = 2.0 * eps * tf.ones(batch_shape, x.dtype)  # per example, [B, 1, 1, 1]
     zeros_b = tf.zeros_like(loss, tf.int32)
@@ -126,7 +123,7 @@ def apgd_run(
         x_new = clip(x_cur + a * (z - x_cur) + (1.0 - a) * (x_cur - s["x_old"]))
         grad, loss, logits = input_gradient(logits_fn, objective, x_new, y)
 
-        now_fooled = _misclassified(logits, y)
+        now_fooled = misclassified(logits, y)
         x_fooled = tf.where(_expand(now_fooled, x), x_new, s["x_fooled"])
         fooled = tf.logical_or(s["fooled"], now_fooled)
 

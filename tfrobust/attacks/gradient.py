@@ -40,6 +40,11 @@ def l2_norm(v: tf.Tensor) -> tf.Tensor:
     return tf.sqrt(tf.reduce_sum(tf.square(v), axis=axes, keepdims=True) + _TINY)
 
 
+def misclassified(logits: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+    """[B] bool: the prediction differs from the label."""
+    return tf.not_equal(tf.argmax(logits, axis=-1, output_type=tf.int32), tf.cast(y, tf.int32))
+
+
 def project(x_adv: tf.Tensor, x: tf.Tensor, eps: tf.Tensor, norm: str) -> tf.Tensor:
     """Project `x_adv` onto the eps ball around `x` (no pixel clipping)."""
     delta = x_adv - x
