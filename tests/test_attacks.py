@@ -96,3 +96,18 @@ def test_l2_projection_matches_closed_form():
     x_adv = tf.constant(np.full([2, 2, 2, 1], 3.0, np.float32))
     projected = gradient.project(x_adv, x, tf.constant(1.5), "l2").numpy()
     assert np.allclose(np.linalg.norm(projected.reshape(2, -1), axis=1), 1.5, atol=1e-5)
+
+
+def test_input_gradient_rescale_keeps_each_examples_direction(digits_cnn, digits):
+    # digits_cnn has no batch norm, so the examples are independent and a per-example rescale
+    # must give exactly the same direction as the plain float32 gradient.
+    x, y = batch(digits, 64)
+    x = tf.constant(x)
+    plain, loss, _ = gradient.input_gradient(_logits_fn(digits_cnn), losses.cross_entropy, x, y, rescale=False)
+    scaled, loss_scaled, _ = gradient.input_gradient(_logits_fn(digits_cnn), losses.cross_entropy, x, y,
+                                                     rescale=True)
+    np.testing.assert_allclose(loss.numpy(), loss_scaled.numpy())
+    plain, scaled = plain.numpy().reshape(64, -1), scaled.numpy().reshape(64, -1)
+    ratio = np.linalg.norm(scaled, axis=1) / np.linalg.norm(plain, axis=1)
+    np.testing.assert_allclose(scaled, plain * ratio[:, None], rtol=1e-4, atol=1e-7 * np.abs(scaled).max())
+    assert ratio.min() > 1.0  # the logit gradient's largest entry is below 1, so every row grows
