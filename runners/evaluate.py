@@ -88,14 +88,8 @@ def main(argv: list[str]) -> None:
             checks="all" if FLAGS.checks == "all" else None, verbose=FLAGS.verbose)
     except (evaluation.EvaluationError, export.ExportError, data.DataError, ValueError) as e:
         fail(e)
-    os.makedirs(out, exist_ok=True)
-    report.to_json(os.path.join(out, "report.json"))
-    markdown = report.to_markdown()
-    with open(os.path.join(out, "report.md"), "w") as f:
-        f.write(markdown)
-    report.plot(os.path.join(out, "accuracy_vs_eps.png"))
-    report.write_tensorboard(os.path.join(out, "logs"))
-    print(markdown)
+    report.save(out)
+    print(report.to_markdown())
     print(f"Report: {out}/report.json, report.md, accuracy_vs_eps.png")
 
 

@@ -17,7 +17,7 @@ from absl import app, flags, logging
 from tfrobust import cli
 
 with cli.native_stderr_captured():
-    from tfrobust import data, distribute, methods, models, training
+    from tfrobust import data, distribute, evaluation, methods, models, training
     from tfrobust.callbacks import NonFiniteLossError
     from tfrobust.export import ExportError
 
@@ -54,6 +54,9 @@ flags.DEFINE_enum("norm", _D("norm"), ["linf", "l2"], "Threat model norm.")
 flags.DEFINE_enum("attack_bn_mode", _D("attack_bn_mode"), list(training.ATTACK_BN_MODES),
                   "Batch-norm/dropout mode while attacking in training; auto: the method's reference.")
 flags.DEFINE_integer("eval_steps", _D("eval_steps"), "PGD steps of validation and the final test evaluation.", lower_bound=0)
+flags.DEFINE_enum("eval_suite", _D("eval_suite"), ["none", *sorted(evaluation.SUITES)],
+                  "After training, also run this evaluation suite (quick: PGD-20; standard: APGD-CE + APGD-T; "
+                  "full: + Square) at --eps on the eval_examples, with its sanity checks; report in RUN/evaluation.")
 flags.DEFINE_integer("eval_examples", _D("eval_examples"), "Test examples in the final evaluation (0: all).", lower_bound=0)
 flags.DEFINE_integer("seed", _D("seed"), "Seed of data order, initialization and attack noise.")
 flags.DEFINE_bool("deterministic", _D("deterministic"), "Enable TensorFlow op determinism (slower).")
@@ -123,7 +126,7 @@ def main(argv: list[str]) -> None:
     try:
         config = config_from_flags()
         result = training.train(config)
-    except (training.ConfigError, data.DataError, models.ModelError, ExportError) as e:
+    except (training.ConfigError, data.DataError, models.ModelError, ExportError, evaluation.EvaluationError) as e:
         fail(e)
     except NonFiniteLossError as e:
         fail(e, code=3)
@@ -133,6 +136,10 @@ def main(argv: list[str]) -> None:
     print(f"\nRun: {result.run_dir}  ({result.steps} steps, train step traced {result.train_step_traces}x)")
     print(f"Test accuracy on {result.eval_examples} examples: clean {100 * result.clean_accuracy:.2f}%, "
           f"PGD-{a.eval_steps} ({a.norm} eps {a.eps:g}) {100 * result.adv_accuracy:.2f}%")
+    if result.suite_accuracy is not None:
+        attacks = ", ".join(f"{k} {100 * v:.2f}%" for k, v in result.suite_accuracy.items())
+        checks = "all sanity checks passed" if result.suite_checks_passed else "SANITY CHECKS WARN: read the report"
+        print(f"Suite {a.eval_suite}: {attacks}; {checks} ({os.path.join(result.run_dir, 'evaluation', 'report.md')})")
     print(f"SavedModel: {result.export_path}")
     print(f"TensorBoard: tensorboard --logdir {os.path.join(result.run_dir, 'logs')}")
 

@@ -84,6 +84,18 @@ def test_tfds_source_trains_with_mock_data(tmp_path):
     assert result.steps == 256 // 32
 
 
+def test_eval_suite_at_the_end_reports_on_the_same_test_examples(tmp_path):
+    result = training.train(_config(tmp_path, eval_suite="quick", eval_examples=48))
+    report = json.load(open(os.path.join(result.run_dir, "evaluation", "report.json")))
+    assert report["n_examples"] == 48 and report["eps_values"] == [0.1]
+    assert result.suite_accuracy == {"pgd-20": report["accuracy"]["pgd-20"][0],
+                                     "worst_case": report["worst_case"][0]}
+    assert result.suite_checks_passed == all(c["status"] == "pass" for c in report["checks"])
+    summary = json.load(open(os.path.join(result.run_dir, "summary.json")))
+    assert summary["suite_accuracy"] == result.suite_accuracy
+    assert os.path.isfile(os.path.join(result.run_dir, "evaluation", "accuracy_vs_eps.png"))
+
+
 def _run_cli(*args, timeout=120):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=ROOT)
     return subprocess.run([sys.executable, RUNNER, *args], capture_output=True, text=True, env=env,
@@ -100,6 +112,8 @@ def _run_cli(*args, timeout=120):
     (["--dataset=imagenet2"], "imagenet2"),
     (["--lr_schedule=piecewise"], "lr_decay_epochs"),
     (["--beta=1.0"], "beta"),  # pgd_at has no beta
+    (["--eval_suite=everything"], "eval_suite"),
+    (["--eval_suite=quick", "--eps=0"], "eval_suite"),
     (["stray"], "unexpected"),
 ])
 def test_bad_flags_fail_with_one_line_and_exit_2(tmp_path, args, fragment):

@@ -533,6 +533,18 @@ class Report:
         writer.close()
         return logdir
 
+    def save(self, directory: str) -> dict[str, str]:
+        """Write report.json, report.md, accuracy_vs_eps.png and TensorBoard scalars (logs/)."""
+        os.makedirs(directory, exist_ok=True)
+        paths = {"json": os.path.join(directory, "report.json"), "markdown": os.path.join(directory, "report.md"),
+                 "plot": os.path.join(directory, "accuracy_vs_eps.png"), "logs": os.path.join(directory, "logs")}
+        self.to_json(paths["json"])
+        with open(paths["markdown"], "w") as f:
+            f.write(self.to_markdown())
+        self.plot(paths["plot"])
+        self.write_tensorboard(paths["logs"])
+        return paths
+
 
 def _jsonable(value):
     if isinstance(value, dict):

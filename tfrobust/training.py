@@ -27,7 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfrobust import callbacks as callbacks_lib
-from tfrobust import data, distribute, export, methods, models
+from tfrobust import data, distribute, evaluation, export, methods, models
 from tfrobust.methods.base import AttackConfig
 from tfrobust.robust_model import RobustModel, default_eval_attack
 
@@ -36,7 +36,8 @@ LR_SCHEDULES = ("constant", "piecewise", "cosine")
 MIXED_PRECISION = ("none", "mixed_float16", "mixed_bfloat16")
 ATTACK_BN_MODES = ("auto", "train", "eval")
 # Fields a rerun may change without starting a different run.
-_RESUMABLE_CHANGES = ("epochs", "overwrite", "resume", "verbose", "log_every_steps", "eval_examples")
+_RESUMABLE_CHANGES = ("epochs", "overwrite", "resume", "verbose", "log_every_steps", "eval_examples",
+                      "eval_suite")
 
 
 class ConfigError(ValueError):
@@ -79,6 +80,7 @@ class TrainConfig:
     attack_bn_mode: str = "auto"  # auto: the method's reference mode
     eval_steps: int = 20
     eval_examples: int = 1000  # test examples in the final PGD evaluation (0: all)
+    eval_suite: str = "none"  # also run this evaluation suite (evaluation.SUITES) on those examples
     # run
     seed: int = 0
     deterministic: bool = False
@@ -109,6 +111,10 @@ class TrainResult:
     steps: int
     train_step_traces: int
     history: dict[str, list[float]]
+    # with eval_suite: the suite's accuracy per attack and its worst case, at eps, on the same
+    # test examples; the full report is in run_dir/evaluation
+    suite_accuracy: dict[str, float] | None = None
+    suite_checks_passed: bool | None = None
 
 
 def validate(config: TrainConfig) -> None:
@@ -141,6 +147,9 @@ def validate(config: TrainConfig) -> None:
     need(config.validation_size >= 0, f"validation_size must be >= 0, got {config.validation_size}")
     need(config.train_examples >= 0, f"train_examples must be >= 0, got {config.train_examples}")
     need(config.eval_examples >= 0, f"eval_examples must be >= 0, got {config.eval_examples}")
+    suites = ("none", *evaluation.SUITES)
+    need(config.eval_suite in suites, f"eval_suite must be one of {suites}, got {config.eval_suite!r}")
+    need(config.eval_suite == "none" or config.eps > 0, "eval_suite needs eps > 0 (the suite attacks at --eps)")
     need(config.log_every_steps >= 1, f"log_every_steps must be >= 1, got {config.log_every_steps}")
     need(config.checkpoint_every_steps >= 0, f"checkpoint_every_steps must be >= 0, got {config.checkpoint_every_steps}")
     need(config.strategy in distribute.STRATEGIES, f"strategy must be one of {distribute.STRATEGIES}, got {config.strategy!r}")
@@ -363,6 +372,14 @@ def _train(config: TrainConfig, extra_callbacks: Sequence[keras.callbacks.Callba
                          adv_accuracy=float(final["adv_accuracy"]), eval_examples=n_eval,
                          steps=int(robust.optimizer.iterations.numpy()),
                          train_step_traces=robust.train_step_traces, history=history)
+    if config.eval_suite != "none" and chief:
+        report = evaluation.robust_accuracy(
+            classifier, (splits.x_test, splits.y_test), attacks=config.eval_suite, eps_values=[config.eps],
+            norm=config.norm, limit=limit, seed=config.seed, verbose=_verbosity(config) == 1)
+        report.save(os.path.join(run_dir, "evaluation"))
+        result.suite_accuracy = {**{label: acc[0] for label, acc in report.accuracy.items()},
+                                 "worst_case": report.worst_case[0]}
+        result.suite_checks_passed = report.passed
     summary = dataclasses.asdict(result)
     summary["eval_attack"] = dataclasses.asdict(robust.eval_attack)
     if chief:
