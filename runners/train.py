@@ -53,6 +53,9 @@ flags.DEFINE_integer("attack_steps", _D("attack_steps"), "Training attack steps 
 flags.DEFINE_enum("norm", _D("norm"), ["linf", "l2"], "Threat model norm.")
 flags.DEFINE_enum("attack_bn_mode", _D("attack_bn_mode"), list(training.ATTACK_BN_MODES),
                   "Batch-norm/dropout mode while attacking in training; auto: the method's reference.")
+flags.DEFINE_float("eps_warmup_epochs", _D("eps_warmup_epochs"), "Ramp the training attack's eps and step size "
+                   "linearly from 0 to --eps over this many epochs (0: no ramp). Evaluation uses the full eps.",
+                   lower_bound=0)
 flags.DEFINE_integer("eval_steps", _D("eval_steps"), "PGD steps of validation and the final test evaluation.", lower_bound=0)
 flags.DEFINE_enum("eval_suite", _D("eval_suite"), ["none", *sorted(evaluation.SUITES)],
                   "After training, also run this evaluation suite (quick: PGD-20; standard: APGD-CE + APGD-T; "

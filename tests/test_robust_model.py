@@ -84,3 +84,29 @@ def test_evaluation_runs_in_inference_mode(digits):
     assert a == b  # dropout would make these differ
     for v0, v1 in zip(before, classifier.variables):
         np.testing.assert_array_equal(v0, v1.numpy())
+
+
+def test_eps_warmup_ramps_linearly_with_the_optimizer_step(digits):
+    classifier = models.build_model("tiny_cnn", digits.image_shape, digits.num_classes)
+    model = RobustModel(classifier, methods.build("pgd_at", ATTACK), eps_warmup_steps=4)
+    model.compile(optimizer=keras.optimizers.SGD(0.01))
+    scales = []
+    for step in range(6):
+        model.optimizer.iterations.assign(step)
+        scales.append(float(model.budget_scale()))
+    assert scales == pytest.approx([0.25, 0.5, 0.75, 1.0, 1.0, 1.0])
+    assert RobustModel(classifier, methods.build("pgd_at", ATTACK)).budget_scale() == 1.0
+    with pytest.raises(ValueError, match="eps_warmup_steps"):
+        RobustModel(classifier, methods.build("pgd_at", ATTACK), eps_warmup_steps=-1)
+
+
+@pytest.mark.parametrize("method", ["pgd_at", "trades", "mart", "mimae", "atent"])
+def test_budget_scale_shrinks_every_methods_training_attack(digits, method):
+    from tfrobust.methods.base import StepContext
+    classifier = models.build_model("tiny_cnn", digits.image_shape, digits.num_classes, seed=0)
+    x = tf.constant(digits.x_train[:32], tf.float32)
+    y = tf.constant(digits.y_train[:32], tf.int32)
+    m = methods.build(method, ATTACK)
+    ctx = StepContext(classifier, tf.constant([3, 4], tf.int64), budget_scale=tf.constant(0.5))
+    size = np.abs(m.attack_inputs(ctx, x, y).numpy() - x.numpy()).reshape(32, -1).max(axis=1)
+    assert size.max() <= 0.05 + 1e-6 and size.max() > 0.025

@@ -113,6 +113,7 @@ def _run_cli(*args, timeout=120):
     (["--lr_schedule=piecewise"], "lr_decay_epochs"),
     (["--beta=1.0"], "beta"),  # pgd_at has no beta
     (["--eval_suite=everything"], "eval_suite"),
+    (["--eps_warmup_epochs=-1"], "eps_warmup_epochs"),
     (["--eval_suite=quick", "--eps=0"], "eval_suite"),
     (["stray"], "unexpected"),
 ])

@@ -49,6 +49,11 @@ class RobustModel(keras.Model):
             default `default_eval_attack(method.attack)`.
         weight_decay: coupled L2 coefficient.
         seed: base of the per-step stateless seeds (step seed = fold_in(seed, optimizer step)).
+        eps_warmup_steps: train against eps (and step size) scaled by min(1, (t + 1) / N) at
+            optimizer step t, a linear ramp over the first N steps (0: none). Large-eps MNIST
+            training sits on a chance-level plateau without it at short budgets. It is a function
+            of the checkpointed step count, so a resumed run ramps exactly as an uninterrupted one.
+            The `train_eps` metric logs the eps in use.
     """
 
     def __init__(
@@ -59,6 +64,7 @@ class RobustModel(keras.Model):
         eval_attack: AttackConfig | None = None,
         weight_decay: float = 0.0,
         seed: int = 0,
+        eps_warmup_steps: int = 0,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -67,12 +73,16 @@ class RobustModel(keras.Model):
         self.eval_attack = eval_attack or default_eval_attack(method.attack)
         self.weight_decay = float(weight_decay)
         self.seed = int(seed)
+        if int(eps_warmup_steps) < 0:
+            raise ValueError(f"eps_warmup_steps must be >= 0, got {eps_warmup_steps}")
+        self.eps_warmup_steps = int(eps_warmup_steps)
         self.train_step_traces = 0  # counted at trace time: a compiled step traces once per run
         self._loss_metric = keras.metrics.Mean(name="loss")
         self._term_metrics = {n: keras.metrics.Mean(name=n) for n in method.term_names}
         self._clean_acc = keras.metrics.SparseCategoricalAccuracy(name="clean_accuracy")
         self._adv_acc = keras.metrics.SparseCategoricalAccuracy(name="adv_accuracy")
         self._adv_loss = keras.metrics.Mean(name="adv_loss")
+        self._train_eps = keras.metrics.Mean(name="train_eps") if self.eps_warmup_steps else None
 
     def call(self, inputs, training=False):
         return self.classifier(inputs, training=training)
@@ -100,12 +110,19 @@ class RobustModel(keras.Model):
     @property
     def metrics(self):
         return [self._loss_metric, *self._term_metrics.values(), self._clean_acc, self._adv_acc,
-                self._adv_loss]
+                self._adv_loss, *([self._train_eps] if self._train_eps else [])]
 
     # -- training -------------------------------------------------------------------------
 
     def step_seed(self) -> tf.Tensor:
         return rng.fold_in(rng.as_seed(self.seed), self.optimizer.iterations)
+
+    def budget_scale(self) -> float | tf.Tensor:
+        """The fraction of eps this step attacks with (see `eps_warmup_steps`)."""
+        if not self.eps_warmup_steps:
+            return 1.0
+        done = tf.cast(self.optimizer.iterations + 1, tf.float32)
+        return tf.minimum(1.0, done / float(self.eps_warmup_steps))
 
     def _differentiate(self, loss_fn: Callable[[], LossOutput], regularize: bool):
         variables = self.classifier.trainable_variables
@@ -122,7 +139,7 @@ class RobustModel(keras.Model):
     def train_step(self, data):
         self.train_step_traces += 1
         x, y = data[0], data[1]
-        ctx = StepContext(self.classifier, self.step_seed(), self.method.attack.bn_training)
+        ctx = StepContext(self.classifier, self.step_seed(), self.method.attack.bn_training, self.budget_scale())
         out, grads, _ = self.method.gradients(ctx, x, y, self._differentiate)
         self.optimizer.apply_gradients(zip(grads, self.classifier.trainable_variables))
 
@@ -135,6 +152,9 @@ class RobustModel(keras.Model):
         if out.adv_logits is not None:
             self._adv_acc.update_state(y, out.adv_logits)
             logs.append(self._adv_acc)
+        if self._train_eps is not None:
+            self._train_eps.update_state(ctx.eps(self.method.attack))
+            logs.append(self._train_eps)
         return _step_logs(logs)
 
     def _update_loss_metrics(self, out: LossOutput) -> list[keras.metrics.Metric]:

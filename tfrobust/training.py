@@ -78,6 +78,7 @@ class TrainConfig:
     attack_steps: int = 10
     norm: str = "linf"
     attack_bn_mode: str = "auto"  # auto: the method's reference mode
+    eps_warmup_epochs: float = 0.0  # ramp the training eps linearly from 0 over this many epochs
     eval_steps: int = 20
     eval_examples: int = 1000  # test examples in the final PGD evaluation (0: all)
     eval_suite: str = "none"  # also run this evaluation suite (evaluation.SUITES) on those examples
@@ -146,6 +147,7 @@ def validate(config: TrainConfig) -> None:
     need(config.augment in ("auto", "true", "false"), f"augment must be auto, true or false, got {config.augment!r}")
     need(config.validation_size >= 0, f"validation_size must be >= 0, got {config.validation_size}")
     need(config.train_examples >= 0, f"train_examples must be >= 0, got {config.train_examples}")
+    need(config.eps_warmup_epochs >= 0, f"eps_warmup_epochs must be >= 0, got {config.eps_warmup_epochs}")
     need(config.eval_examples >= 0, f"eval_examples must be >= 0, got {config.eval_examples}")
     suites = ("none", *evaluation.SUITES)
     need(config.eval_suite in suites, f"eval_suite must be one of {suites}, got {config.eval_suite!r}")
@@ -308,7 +310,8 @@ def _train(config: TrainConfig, extra_callbacks: Sequence[keras.callbacks.Callba
                                         depth=config.wrn_depth, width=config.wrn_width)
         method = methods.build(config.method, attack_config(config), config.method_options)
         robust = RobustModel(classifier, method, weight_decay=config.weight_decay, seed=config.seed,
-                             eval_attack=default_eval_attack(method.attack, config.eval_steps))
+                             eval_attack=default_eval_attack(method.attack, config.eval_steps),
+                             eps_warmup_steps=round(config.eps_warmup_epochs * steps_per_epoch))
         jit = {"auto": "auto", "true": True, "false": False}[config.jit_compile]
         robust.compile(optimizer=build_optimizer(config, steps_per_epoch), jit_compile=jit)
         checkpoint = tf.train.Checkpoint(model=classifier, optimizer=robust.optimizer)

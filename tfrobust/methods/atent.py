@@ -73,7 +73,7 @@ class Atent(Method):
 
     def first_iterate(self, ctx, x) -> tf.Tensor:
         """x'_0, the random start."""
-        return langevin.langevin_start(x, self.attack.eps, self.attack.norm, self.start, self.seeds(ctx)[0])
+        return langevin.langevin_start(x, ctx.eps(self.attack), self.attack.norm, self.start, self.seeds(ctx)[0])
 
     def next_iterate(self, ctx, x, y, x_prev, index, last: bool) -> tf.Tensor:
         """x'_index (1-based) from x'_{index-1}; `last`: whether index == L (for projection='last')."""
@@ -81,8 +81,8 @@ class Atent(Method):
         grad, _, _ = pgd_lib.input_gradient(ctx.attack_logits, losses.cross_entropy, x_prev, y)
         project = self.projection == "every" or (self.projection == "last" and last)
         x_next = langevin.langevin_step(
-            x_prev, x, grad, step_size=a.step_size, noise=self.noise, gamma=self.gamma, norm=a.norm,
-            seed=rng.fold_in(self.seeds(ctx)[1], index), eps=a.eps, project=project)
+            x_prev, x, grad, step_size=ctx.step_size(a), noise=self.noise, gamma=self.gamma, norm=a.norm,
+            seed=rng.fold_in(self.seeds(ctx)[1], index), eps=ctx.eps(a), project=project)
         return tf.stop_gradient(x_next)
 
     def iterate_weights(self) -> list[float]:

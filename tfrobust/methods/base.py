@@ -59,6 +59,15 @@ class StepContext:
     model: keras.Model
     seed: tf.Tensor  # [2] stateless seed, different every step
     attack_training: bool = False
+    # The fraction of the threat model's eps and step size this step attacks with: 1 except
+    # during an eps warm-up (`RobustModel(eps_warmup_steps=...)`).
+    budget_scale: float | tf.Tensor = 1.0
+
+    def eps(self, attack: AttackConfig) -> float | tf.Tensor:
+        return attack.eps * self.budget_scale
+
+    def step_size(self, attack: AttackConfig) -> float | tf.Tensor:
+        return attack.step_size * self.budget_scale
 
     def logits(self, x: tf.Tensor, training: bool) -> tf.Tensor:
         return tf.cast(self.model(x, training=training), tf.float32)
@@ -104,6 +113,6 @@ class Method(abc.ABC):
     def pgd(self, ctx: StepContext, x: tf.Tensor, y: tf.Tensor, **overrides) -> tf.Tensor:
         """PGD within this method's threat model, attacking in the configured model mode."""
         a = self.attack
-        kwargs = dict(eps=a.eps, step_size=a.step_size, steps=a.steps, norm=a.norm, seed=ctx.seed)
+        kwargs = dict(eps=ctx.eps(a), step_size=ctx.step_size(a), steps=a.steps, norm=a.norm, seed=ctx.seed)
         kwargs.update(overrides)
         return pgd_lib.pgd(ctx.attack_logits, x, y, **kwargs)
