@@ -39,7 +39,7 @@ def test_relative_times_and_table():
         case = benchmark.Case(method=method, jit_compile=jit).resolved()
         return benchmark.Result(case=case, step_seconds=seconds, images_per_second=64 / seconds,
                                 repeat_seconds=[seconds], first_call_seconds=1.0, traces=1, rss_before_mb=100.0,
-                                peak_rss_mb=150.0, peak_rss_delta_mb=50.0)
+                                peak_rss_mb=150.0, peak_rss_delta_mb=50.0, peak_tensor_mb=12.0, step_tensor_mb=9.5)
 
     results = benchmark.add_relative_times([result("standard", 0.01), result("pgd_at", 0.08),
                                             result("pgd_at", 0.2, jit=True)])
@@ -82,6 +82,8 @@ def test_runner_measures_each_case_in_its_own_process_and_writes_the_table(tmp_p
     rows = {r["case"]["method"]: r for r in payload["results"]}
     assert sorted(rows) == ["pgd_at", "standard"] and len(payload["results"]) == 2
     assert all(r["traces"] == 1 and r["images_per_second"] > 0 for r in rows.values())
+    # The child processes run the BFC allocator, so the step's tensor memory is counted.
+    assert all(r["peak_tensor_mb"] >= r["step_tensor_mb"] > 0 for r in rows.values())
     assert rows["standard"]["relative_to_clean"] == 1.0 and rows["pgd_at"]["relative_to_clean"] > 1.0
     summary, table = (tmp_path / "benchmark.md").read_text().strip().split("\n\n")
     assert summary in proc.stdout and table in proc.stdout

@@ -11,11 +11,15 @@ depend on the pixel values):
   `repeats` timings of `steps` steps each; the reported step time is their median;
 - traces: `RobustModel.train_step_traces` after the whole measurement (one, if the step does not
   retrace);
-- memory: the process's peak resident set (`getrusage` ru_maxrss) at the end, minus its resident
-  set just before the first call. Each case runs in a fresh Python process (`run_isolated`) so
-  the peaks of different cases do not mix. It counts everything the step makes resident (traced
-  graphs, XLA executables, TensorFlow's allocator caches, the tensors of the step), not only
-  the live tensors; it is an upper bound on what the step itself needs.
+- memory, two ways. Tensors: TensorFlow's own allocator counts the bytes of live tensors; its
+  peak over the timed steps (after the first call) is `peak_tensor_mb`, and that peak minus what
+  was allocated just before them (weights, optimizer slots, the batch) is `step_tensor_mb`, the
+  memory one step needs. On the CPU the counts exist only under the BFC allocator, which
+  `run_isolated` turns on (`TF_CPU_ALLOCATOR_USE_BFC`); elsewhere they are NaN. Process: the peak
+  resident set (`getrusage` ru_maxrss) at the end minus the resident set before the first call,
+  which also counts traced graphs, graph optimization, XLA executables and allocator caches: an
+  upper bound that is mostly a constant of the graph's size. Each case runs in a fresh Python
+  process (`run_isolated`) so the peaks of different cases do not mix.
 
 `run` measures a list of cases, adds each one's time relative to the clean (`standard`) step of
 the same model, batch, XLA setting and mode; `markdown` (a row per case) and `summary` (XLA off
@@ -102,6 +106,8 @@ class Result:
     rss_before_mb: float
     peak_rss_mb: float
     peak_rss_delta_mb: float
+    peak_tensor_mb: float = float("nan")  # allocator peak during the timed steps (see module doc)
+    step_tensor_mb: float = float("nan")  # that peak minus the bytes allocated before them
     relative_to_clean: float | None = None  # step time over the standard step's, same settings
     error: str | None = None  # why the case has no figures (e.g. it timed out)
 
@@ -121,6 +127,8 @@ class Result:
         d = dict(d)
         case = dict(d.pop("case"))
         case["input_shape"] = tuple(case["input_shape"]) if case.get("input_shape") else None
+        floats = {f.name for f in dataclasses.fields(cls) if f.type == "float"}
+        d = {k: float("nan") if v is None and k in floats else v for k, v in d.items()}  # null -> NaN
         return cls(case=Case(**case), **d)
 
 
@@ -136,6 +144,27 @@ def _rss_mb() -> float:
 def _peak_rss_mb() -> float:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KB on Linux
+
+
+class _TensorMemory:
+    """TensorFlow's allocator counts on the first CPU device (NaN where it keeps none)."""
+
+    def __init__(self):
+        import tensorflow as tf  # noqa: PLC0415
+
+        self._tf = tf
+        self.before = self.peak = float("nan")
+
+    def start(self) -> None:
+        try:
+            self._tf.config.experimental.reset_memory_stats("CPU:0")
+            self.before = self._tf.config.experimental.get_memory_info("CPU:0")["current"] / 2**20
+        except ValueError:  # "Allocator stats not available": not the BFC allocator
+            pass
+
+    def stop(self) -> None:
+        if self.before == self.before:  # not NaN
+            self.peak = self._tf.config.experimental.get_memory_info("CPU:0")["peak"] / 2**20
 
 
 def measure(case: Case) -> Result:
@@ -159,20 +188,22 @@ def measure(case: Case) -> Result:
     y = tf.constant(rng.integers(0, case.num_classes, case.batch_size).astype(np.int32))
 
     rss_before = _rss_mb()
+    memory = _TensorMemory()
     if case.mode == "tensors":
-        first, per_step = _time_tensors(model, x, y, case)
+        first, per_step = _time_tensors(model, x, y, case, memory)
     else:
-        first, per_step = _time_fit(model, x, y, case)
+        first, per_step = _time_fit(model, x, y, case, memory)
     # ru_maxrss is the kernel's high-water mark, which it refreshes lazily: right after a step it
     # can read a few hundred KB below the current resident set, so take the larger of the two.
     peak = max(_peak_rss_mb(), _rss_mb())
     step = statistics.median(per_step)
     return Result(case=case, step_seconds=step, images_per_second=case.batch_size / step,
                   repeat_seconds=per_step, first_call_seconds=first, traces=model.train_step_traces,
-                  rss_before_mb=rss_before, peak_rss_mb=peak, peak_rss_delta_mb=max(0.0, peak - rss_before))
+                  rss_before_mb=rss_before, peak_rss_mb=peak, peak_rss_delta_mb=max(0.0, peak - rss_before),
+                  peak_tensor_mb=memory.peak, step_tensor_mb=memory.peak - memory.before)
 
 
-def _time_tensors(model, x, y, case: Case) -> tuple[float, list[float]]:
+def _time_tensors(model, x, y, case: Case, memory: _TensorMemory) -> tuple[float, list[float]]:
     import tensorflow as tf  # noqa: PLC0415
 
     step = tf.function(model.train_step, jit_compile=case.jit_compile)
@@ -185,16 +216,18 @@ def _time_tensors(model, x, y, case: Case) -> tuple[float, list[float]]:
     if logs is not None:
         float(logs["loss"])
     per_step = []
+    memory.start()
     for _ in range(case.repeats):
         start = time.perf_counter()
         for _ in range(case.steps):
             logs = step((x, y))
         float(logs["loss"])  # wait for the last step
         per_step.append((time.perf_counter() - start) / case.steps)
+    memory.stop()
     return first, per_step
 
 
-def _time_fit(model, x, y, case: Case) -> tuple[float, list[float]]:
+def _time_fit(model, x, y, case: Case, memory: _TensorMemory) -> tuple[float, list[float]]:
     import keras  # noqa: PLC0415
     import tensorflow as tf  # noqa: PLC0415
 
@@ -213,7 +246,9 @@ def _time_fit(model, x, y, case: Case) -> tuple[float, list[float]]:
     start = time.perf_counter()
     model.fit(dataset, epochs=1, steps_per_epoch=1 + case.warmup, verbose=0, shuffle=False)
     first = time.perf_counter() - start
+    memory.start()
     model.fit(dataset, epochs=case.repeats, steps_per_epoch=case.steps, verbose=0, shuffle=False, callbacks=[Timer()])
+    memory.stop()
     return first, [t / case.steps for t in epoch_times]
 
 
@@ -225,7 +260,8 @@ def run_isolated(case: Case, timeout: float = 3600) -> Result:
     that takes longer than `timeout` seconds is stopped and returned as a failed result."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3"),
-               PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+               PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               TF_CPU_ALLOCATOR_USE_BFC="true")  # so that the CPU allocator counts tensor bytes
     payload = json.dumps(dataclasses.asdict(case))
     try:
         proc = subprocess.run([sys.executable, "-m", "tfrobust.benchmark", payload], capture_output=True,
@@ -289,21 +325,21 @@ def grid(models: Sequence[str], methods: Sequence[str], attack_steps: Sequence[i
 def markdown(results: Sequence[Result]) -> str:
     """A Markdown table, one row per result."""
     head = ("| model | input | batch | method | attack steps | XLA | mode | images/s | step ms | x clean step "
-            "| traces | first call s | peak RSS delta MB |")
+            "| traces | first call s | step tensor MB | peak tensor MB | peak RSS delta MB |")
     rows = [head, "|" + " --- |" * (head.count("|") - 1)]
     for r in results:
         c = r.case
         if r.error:
             shape = "x".join(str(d) for d in (c.input_shape or ()))
             rows.append(f"| {c.model} | {shape} | {c.batch_size} | {c.method} | {c.attack_steps} | "
-                        f"{'on' if c.jit_compile else 'off'} | {c.mode} | {r.error} | - | - | - | - | - |")
+                        f"{'on' if c.jit_compile else 'off'} | {c.mode} | {r.error} | - | - | - | - | - | - | - |")
             continue
         rel = f"{r.relative_to_clean:.2f}" if r.relative_to_clean is not None else "-"
         shape = "x".join(str(d) for d in (c.input_shape or ()))
         rows.append(f"| {c.model} | {shape} | {c.batch_size} | {c.method} | {c.attack_steps} | "
                     f"{'on' if c.jit_compile else 'off'} | {c.mode} | {r.images_per_second:.0f} | "
                     f"{1000 * r.step_seconds:.1f} | {rel} | {r.traces} | {r.first_call_seconds:.1f} | "
-                    f"{r.peak_rss_delta_mb:.0f} |")
+                    f"{r.step_tensor_mb:.1f} | {r.peak_tensor_mb:.1f} | {r.peak_rss_delta_mb:.0f} |")
     return "\n".join(rows)
 
 
