@@ -23,10 +23,11 @@ for path in sorted(glob.glob(os.path.join(sys.argv[1], "flags", "*.cfg"))):
 
 def test_every_preset_parses_and_validates():
     presets = glob.glob(os.path.join(ROOT, "flags", "*.cfg"))
-    assert len(presets) >= 9
+    assert len(presets) >= 11
     proc = subprocess.run([sys.executable, "-c", SCRIPT, ROOT], capture_output=True, text=True, timeout=300,
                           env=dict(os.environ, PYTHONPATH=ROOT))
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.splitlines()
     assert len(lines) == len(presets)
     assert any("atent mnist small_cnn ['alpha', 'noise', 'projection']" in l for l in lines), lines
+    assert "mnist_mimae.cfg mimae mnist small_cnn ['lambda_mae', 'lambda_mi', 'natural_weight']" in lines, lines
