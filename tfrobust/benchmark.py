@@ -193,9 +193,10 @@ def measure(case: Case) -> Result:
         first, per_step = _time_tensors(model, x, y, case, memory)
     else:
         first, per_step = _time_fit(model, x, y, case, memory)
-    # ru_maxrss is the kernel's high-water mark, which it refreshes lazily: right after a step it
-    # can read a few hundred KB below the current resident set, so take the larger of the two.
-    peak = max(_peak_rss_mb(), _rss_mb())
+    # ru_maxrss is the kernel's high-water mark, which it refreshes lazily: it has read a few
+    # hundred KB below a resident set sampled earlier in the same process, so the peak is the
+    # largest of it and the two samples.
+    peak = max(_peak_rss_mb(), _rss_mb(), rss_before)
     step = statistics.median(per_step)
     return Result(case=case, step_seconds=step, images_per_second=case.batch_size / step,
                   repeat_seconds=per_step, first_call_seconds=first, traces=model.train_step_traces,
