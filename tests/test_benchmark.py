@@ -84,7 +84,10 @@ def test_runner_measures_each_case_in_its_own_process_and_writes_the_table(tmp_p
     assert all(r["traces"] == 1 and r["images_per_second"] > 0 for r in rows.values())
     # The child processes run the BFC allocator, so the step's tensor memory is counted.
     assert all(r["peak_tensor_mb"] >= r["step_tensor_mb"] > 0 for r in rows.values())
-    assert rows["standard"]["relative_to_clean"] == 1.0 and rows["pgd_at"]["relative_to_clean"] > 1.0
+    # No timing claim here (this is not a benchmark): the ratio is the two measured step times'.
+    assert rows["standard"]["relative_to_clean"] == 1.0
+    assert rows["pgd_at"]["relative_to_clean"] == pytest.approx(
+        rows["pgd_at"]["step_seconds"] / rows["standard"]["step_seconds"])
     summary, table = (tmp_path / "benchmark.md").read_text().strip().split("\n\n")
     assert summary in proc.stdout and table in proc.stdout
     assert table.count("\n") == 3 and summary.count("\n") == 3 and "| tiny_cnn (16) | tensors | pgd_at | 2 |" in summary
