@@ -378,7 +378,7 @@ def _train(config: TrainConfig, extra_callbacks: Sequence[keras.callbacks.Callba
     if config.eval_suite != "none" and chief:
         report = evaluation.robust_accuracy(
             classifier, (splits.x_test, splits.y_test), attacks=config.eval_suite, eps_values=[config.eps],
-            norm=config.norm, limit=limit, seed=config.seed, verbose=_verbosity(config) == 1)
+            norm=config.norm, limit=limit, seed=config.seed, verbose=_verbosity(config) in (1, "auto"))
         report.save(os.path.join(run_dir, "evaluation"))
         result.suite_accuracy = {**{label: acc[0] for label, acc in report.accuracy.items()},
                                  "worst_case": report.worst_case[0]}
