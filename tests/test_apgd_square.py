@@ -160,6 +160,44 @@ def test_apgd_traces_once_for_all_eps_values(digits):
     assert fn.experimental_get_tracing_count() == 1
 
 
+def _counting(logits_fn):
+    """`logits_fn` that also adds the number of rows it is called on to a counter."""
+    rows = tf.Variable(0, dtype=tf.int64)
+
+    def counted(z):
+        rows.assign_add(tf.shape(z, out_type=tf.int64)[0])
+        return logits_fn(z)
+
+    return counted, rows
+
+
+@pytest.mark.parametrize("attack", ["apgd_ce", "apgd_t"])
+def test_apgd_attacks_only_examples_not_yet_fooled(digits, attack):
+    """With `compact` (AutoAttack's scheme) each run works on the examples that neither the clean
+    input nor an earlier run fooled: the model sees fewer rows than when every run attacks the
+    whole batch, and the attack is as strong (each run is the same attack on those examples)."""
+    _, logits_fn, x, y = digits
+    eps = 0.1
+    counted, rows = _counting(logits_fn)
+    if attack == "apgd_ce":
+        kwargs = dict(eps=eps, steps=10, restarts=3, seed=3)
+        run = lambda compact: compiled(apgd, counted, x, y, compact=compact, **kwargs)  # noqa: E731
+    else:
+        kwargs = dict(eps=eps, steps=10, n_target_classes=4, seed=3)
+        run = lambda compact: compiled(apgd_targeted, counted, x, y, compact=compact, **kwargs)  # noqa: E731
+    seen, errors = {}, {}
+    for compact in (True, False):
+        rows.assign(0)
+        x_adv = run(compact)
+        seen[compact], errors[compact] = int(rows.numpy()), n_errors(logits_fn, x_adv, y)
+        # an example the model already gets wrong is returned untouched
+        wrong_clean = np.argmax(logits_fn(x).numpy(), -1) != y.numpy()
+        np.testing.assert_array_equal(x_adv.numpy()[wrong_clean], x.numpy()[wrong_clean])
+    print(attack, "rows seen (compact, whole batch):", seen[True], seen[False], "errors:", errors)
+    assert seen[True] < 0.8 * seen[False]
+    assert errors[True] >= errors[False] - 2  # different random starts, same attack
+
+
 def test_apgd_run_returns_a_misclassified_point_or_its_best_loss_point(digits):
     _, logits_fn, x, y = digits
     eps = 0.08

@@ -176,6 +176,19 @@ def test_one_trace_per_attack_and_padding_does_not_change_results(model, test_se
             np.testing.assert_array_equal(padded.correct[label], rep.correct[label])
 
 
+def test_xla_evaluation_runs_apgd_on_static_shapes(model, test_set):
+    """Under jit_compile the APGD runs attack whole batches (XLA cannot compile the dynamic
+    sub-batches of the default compaction); the two agree to within a few examples."""
+    attacks = [AttackSpec("apgd_ce", steps=10, restarts=2), AttackSpec("apgd_t", steps=10, n_target_classes=3)]
+    kwargs = dict(attacks=attacks, eps_values=[0.1], batch_size=64, limit=128, seed=0, checks=None)
+    logits_fn = lambda x: model(x, training=False)  # noqa: E731
+    xla = robust_accuracy(logits_fn, test_set, jit_compile=True, **kwargs)
+    plain = robust_accuracy(logits_fn, test_set, **kwargs)
+    assert xla.traces == {"apgd_ce-10x2": 1, "apgd_t-10": 1}
+    for label in plain.attack_labels:
+        assert abs(xla.accuracy[label][0] - plain.accuracy[label][0]) <= 4 / 128, label
+
+
 def test_l2_evaluation_skips_the_linf_only_parts(model, test_set):
     rep = robust_accuracy(lambda x: model(x, training=False), test_set,
                           attacks=["pgd", AttackSpec("apgd_ce", steps=10), AttackSpec("square", steps=10)],

@@ -181,10 +181,12 @@ def _with_restarts(single, logits_fn, x, y, restarts: int, seed):
 
 
 def attack_function(spec: AttackSpec, logits_fn: LogitsFn, norm: str,
-                    clip_min: float = 0.0, clip_max: float = 1.0) -> Callable[..., tf.Tensor]:
+                    clip_min: float = 0.0, clip_max: float = 1.0,
+                    compact: bool = True) -> Callable[..., tf.Tensor]:
     """A traceable `fn(x, y, eps, seed) -> x_adv` for `spec` (eps a scalar or [B]; seed [2]).
 
-    For 'cleverhans_pgd' eps must be a Python number.
+    For 'cleverhans_pgd' eps must be a Python number. `compact`: APGD attacks only the examples
+    not yet misclassified, on sub-batches of dynamic size (False for XLA; see `apgd._runs`).
     """
     gradient_lib.check_norm(norm)
     if spec.name in LINF_ONLY and norm != "linf":
@@ -212,11 +214,11 @@ def attack_function(spec: AttackSpec, logits_fn: LogitsFn, norm: str,
     if spec.name == "apgd_ce":
         return lambda x, y, eps, seed: apgd(
             logits_fn, x, y, eps=eps, norm=norm, loss="ce", steps=steps, restarts=restarts,
-            seed=seed, **clip)
+            seed=seed, compact=compact, **clip)
     if spec.name == "apgd_t":
         return lambda x, y, eps, seed: apgd_targeted(
             logits_fn, x, y, eps=eps, norm=norm, steps=steps, restarts=restarts,
-            n_target_classes=spec.n_target_classes, seed=seed, **clip)
+            n_target_classes=spec.n_target_classes, seed=seed, compact=compact, **clip)
     if spec.name == "square":
         return lambda x, y, eps, seed: square(
             logits_fn, x, y, eps=eps, norm=norm, n_queries=steps, p_init=spec.p_init,
@@ -342,7 +344,8 @@ class _Runner:
 
     def compiled(self, spec: AttackSpec):
         if spec not in self._compiled:
-            fn = attack_function(spec, self.logits_fn, self.norm, self.clip_min, self.clip_max)
+            fn = attack_function(spec, self.logits_fn, self.norm, self.clip_min, self.clip_max,
+                                 compact=not self.jit_compile)
             # A partial, so TF's retracing detector (keyed by code object) does not count the
             # one trace of each attack configuration as retracing of one function.
             fn = functools.partial(fn)

@@ -20,6 +20,10 @@ an example halves and it restarts from its best point when
 Like the reference code, the momentum term after a restart is taken from the point before it.
 Unlike it, the loop stops early once every example of the batch is misclassified (the result is
 the same: a misclassified example keeps its misclassified point).
+
+Restarts and APGD-T's target classes run as in AutoAttack: examples the model already
+misclassifies are not attacked, and each run attacks only the examples no earlier run fooled
+(`compact=True`, dynamic sub-batches; `compact=False` keeps static shapes for XLA).
 """
 
 from __future__ import annotations
@@ -165,31 +169,47 @@ def apgd_run(
     return tf.stop_gradient(x_out), s["fooled"], s["loss_best"]
 
 
-def _merge(best, new, compare_loss: bool):
-    """Keep, per example, a misclassified point over a correct one, else (if comparable) the higher loss."""
-    x_b, f_b, l_b = best
-    x_n, f_n, l_n = new
-    take = tf.logical_and(f_n, tf.logical_not(f_b))
-    if compare_loss:
-        take = tf.logical_or(take, tf.logical_and(tf.equal(f_n, f_b), l_n > l_b))
-    return (tf.where(_expand(take, x_b), x_n, x_b), tf.logical_or(f_b, f_n),
-            tf.where(take, l_n, l_b))
+def _runs(run_fn, x: tf.Tensor, fooled: tf.Tensor, runs: int, compare_loss: bool,
+          compact: bool = True) -> tf.Tensor:
+    """`runs` calls of `run_fn(r, index)` on the examples at positions `index` of the batch,
+    merged per example; `fooled` [B] marks the examples the clean input already misclassifies.
 
-
-def _runs(run_fn, x, y, runs: int, compare_loss: bool):
-    """`runs` calls of `run_fn(r)` in a tf.while_loop, merged per example; skipped once all are fooled."""
-    x_b, f_b, l_b = run_fn(tf.constant(0))
-    if runs == 1:
-        return x_b
+    With `compact`, a run attacks only the examples that neither the clean input nor an earlier
+    run fooled: as in AutoAttack, an example leaves the attack once it is misclassified (for APGD-T
+    on a half-robust model this skips about half of the work of every target after the first).
+    Those sub-batches have a dynamic size, which XLA cannot compile; without `compact` every run
+    attacks the whole batch (static shapes) and a fooled example keeps its earlier point either
+    way, so the result is the same. An example no run fooled keeps the first run's point, or with
+    `compare_loss` the highest-loss point of all runs (the targeted losses of different targets
+    are not comparable). The loop stops once every example is fooled.
+    """
+    everyone = tf.range(tf.shape(x, out_type=tf.int64)[0])
 
     def cond(r, x_b, f_b, l_b):
         return tf.logical_and(r < runs, tf.reduce_any(tf.logical_not(f_b)))
 
     def body(r, x_b, f_b, l_b):
-        return (r + 1, *_merge((x_b, f_b, l_b), run_fn(r), compare_loss))
+        index = tf.where(tf.logical_not(f_b))[:, 0] if compact else everyone
+        x_n, f_n, l_n = run_fn(r, index)
+        f_old, l_old = tf.gather(f_b, index), tf.gather(l_b, index)
+        take = f_n | tf.equal(r, 0)  # every attacked example takes the first run's point
+        if compare_loss:
+            take |= l_n > l_old
+        take &= tf.logical_not(f_old)
+        at = index[:, None]
+        return (r + 1,
+                tf.tensor_scatter_nd_update(x_b, at, tf.where(_expand(take, x_n), x_n, tf.gather(x_b, index))),
+                tf.tensor_scatter_nd_update(f_b, at, f_old | f_n),
+                tf.tensor_scatter_nd_update(l_b, at, tf.where(take, l_n, l_old)))
 
-    _, x_b, _, _ = tf.while_loop(cond, body, (tf.constant(1), x_b, f_b, l_b))
+    loss = tf.fill(tf.shape(fooled), tf.constant(-float("inf"), x.dtype))
+    _, x_b, _, _ = tf.while_loop(cond, body, (tf.constant(0), x, fooled, loss))
     return x_b
+
+
+def _subset(value: tf.Tensor, index: tf.Tensor) -> tf.Tensor:
+    """Rows `index` of a per-example value; a scalar (the same for every example) as it is."""
+    return value if value.shape.rank == 0 else tf.gather(value, index)
 
 
 def apgd(
@@ -207,11 +227,14 @@ def apgd(
     seed: int | tf.Tensor | None = None,
     clip_min: float = 0.0,
     clip_max: float = 1.0,
+    compact: bool = True,
 ) -> tf.Tensor:
     """Untargeted APGD on cross-entropy ('ce', APGD-CE) or DLR ('dlr', APGD-DLR).
 
     `restarts` runs from independent uniform random starts; per example the result is a
-    misclassified point if any run found one, else the highest-loss point over the runs.
+    misclassified point if any run found one, else the highest-loss point over the runs. An
+    example the model already misclassifies is returned as it is. `compact`: attack only the
+    examples not yet fooled (dynamic shapes; pass False under XLA), see `_runs`.
     """
     check_norm(norm)
     if loss not in APGD_LOSSES:
@@ -224,12 +247,14 @@ def apgd(
     seed = rng.as_seed(seed)
     objective = losses.cross_entropy if loss == "ce" else losses.dlr
 
-    def run(r):
-        return apgd_run(logits_fn, x, y, eps=eps_b, steps=steps, norm=norm, objective=objective,
+    def run(r, index):
+        return apgd_run(logits_fn, tf.gather(x, index), tf.gather(y, index),
+                        eps=_subset(eps_b, index), steps=steps, norm=norm, objective=objective,
                         seed=rng.fold_in(seed, r), rho=rho, momentum=momentum,
                         clip_min=clip_min, clip_max=clip_max)
 
-    return _runs(run, x, y, int(restarts), compare_loss=True)
+    fooled = misclassified(tf.stop_gradient(logits_fn(x)), y)
+    return _runs(run, x, fooled, int(restarts), compare_loss=True, compact=compact)
 
 
 def apgd_targeted(
@@ -247,12 +272,15 @@ def apgd_targeted(
     seed: int | tf.Tensor | None = None,
     clip_min: float = 0.0,
     clip_max: float = 1.0,
+    compact: bool = True,
 ) -> tf.Tensor:
     """APGD-T: APGD on the targeted DLR loss, one run per target class (times `restarts`).
 
     The targets of an example are the `n_target_classes` classes other than y with the highest
     clean logits, in that order (capped at K - 1); needs K >= 4 classes. A misclassified point from
-    any run is kept.
+    any run is kept; an example the model already misclassifies is returned as it is. `compact`:
+    each target attacks only the examples no earlier target fooled (dynamic shapes; pass False
+    under XLA), see `_runs`.
     """
     check_norm(norm)
     if int(steps) < 1 or int(restarts) < 1 or int(n_target_classes) < 1:
@@ -272,14 +300,16 @@ def apgd_targeted(
     targets = tf.math.top_k(others, k=n_targets).indices  # [B, n_targets]
     restarts = int(restarts)
 
-    def run(r):
-        target = tf.gather(targets, r // restarts, axis=1)
+    def run(r, index):
+        target = tf.gather(tf.gather(targets, index), r // restarts, axis=1)
 
         def objective(logits, labels):
             return losses.dlr_targeted(logits, labels, target)
 
-        return apgd_run(logits_fn, x, y, eps=eps_b, steps=steps, norm=norm, objective=objective,
+        return apgd_run(logits_fn, tf.gather(x, index), tf.gather(y, index),
+                        eps=_subset(eps_b, index), steps=steps, norm=norm, objective=objective,
                         seed=rng.fold_in(seed, r), rho=rho, momentum=momentum,
                         clip_min=clip_min, clip_max=clip_max)
 
-    return _runs(run, x, y, n_targets * restarts, compare_loss=False)
+    fooled = misclassified(clean_logits, y)
+    return _runs(run, x, fooled, n_targets * restarts, compare_loss=False, compact=compact)
