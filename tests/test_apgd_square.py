@@ -171,31 +171,30 @@ def _counting(logits_fn):
     return counted, rows
 
 
-@pytest.mark.parametrize("attack", ["apgd_ce", "apgd_t"])
-def test_apgd_attacks_only_examples_not_yet_fooled(digits, attack):
-    """With `compact` (AutoAttack's scheme) each run works on the examples that neither the clean
-    input nor an earlier run fooled: the model sees fewer rows than when every run attacks the
-    whole batch, and the attack is as strong (each run is the same attack on those examples)."""
+@pytest.mark.parametrize("attack", ["apgd_ce", "apgd_t", "square"])
+def test_attacks_work_only_on_examples_not_yet_fooled(digits, attack):
+    """With `compact` (AutoAttack's scheme) APGD's runs and Square's queries go to the examples
+    that neither the clean input nor an earlier run or query fooled: the model sees fewer rows
+    than when the whole batch is attacked, and the attack is as strong."""
     _, logits_fn, x, y = digits
-    eps = 0.1
     counted, rows = _counting(logits_fn)
-    if attack == "apgd_ce":
-        kwargs = dict(eps=eps, steps=10, restarts=3, seed=3)
-        run = lambda compact: compiled(apgd, counted, x, y, compact=compact, **kwargs)  # noqa: E731
-    else:
-        kwargs = dict(eps=eps, steps=10, n_target_classes=4, seed=3)
-        run = lambda compact: compiled(apgd_targeted, counted, x, y, compact=compact, **kwargs)  # noqa: E731
+    attacks = {
+        "apgd_ce": functools.partial(apgd, eps=0.1, steps=10, restarts=3),
+        "apgd_t": functools.partial(apgd_targeted, eps=0.1, steps=10, n_target_classes=4),
+        "square": functools.partial(square, eps=0.15, n_queries=200),
+    }
     seen, errors = {}, {}
     for compact in (True, False):
         rows.assign(0)
-        x_adv = run(compact)
+        x_adv = compiled(attacks[attack], counted, x, y, seed=3, compact=compact)
         seen[compact], errors[compact] = int(rows.numpy()), n_errors(logits_fn, x_adv, y)
         # an example the model already gets wrong is returned untouched
         wrong_clean = np.argmax(logits_fn(x).numpy(), -1) != y.numpy()
-        np.testing.assert_array_equal(x_adv.numpy()[wrong_clean], x.numpy()[wrong_clean])
+        if attack != "square":  # Square's start (stripes) moves every example
+            np.testing.assert_array_equal(x_adv.numpy()[wrong_clean], x.numpy()[wrong_clean])
     print(attack, "rows seen (compact, whole batch):", seen[True], seen[False], "errors:", errors)
     assert seen[True] < 0.8 * seen[False]
-    assert errors[True] >= errors[False] - 2  # different random starts, same attack
+    assert errors[True] >= errors[False] - 0.02 * len(y)  # different random draws, same attack
 
 
 def test_apgd_run_returns_a_misclassified_point_or_its_best_loss_point(digits):

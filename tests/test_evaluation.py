@@ -75,8 +75,7 @@ def test_worst_case_is_at_most_every_attack_and_clean(report):
         for label in report.attack_labels:
             assert report.worst_case[j] <= report.accuracy[label][j]
         assert report.worst_case[j] <= report.clean_accuracy
-    # at a moderate eps the attacks disagree on some examples, so the worst case is strictly lower
-    assert report.worst_case[1] < min(acc[1] for acc in report.accuracy.values())
+    # (that it is the per-example worst case, not the lowest accuracy, is checked by the recount)
 
 
 def test_report_numbers_equal_a_recount(report, model, test_set):

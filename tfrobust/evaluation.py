@@ -185,8 +185,8 @@ def attack_function(spec: AttackSpec, logits_fn: LogitsFn, norm: str,
                     compact: bool = True) -> Callable[..., tf.Tensor]:
     """A traceable `fn(x, y, eps, seed) -> x_adv` for `spec` (eps a scalar or [B]; seed [2]).
 
-    For 'cleverhans_pgd' eps must be a Python number. `compact`: APGD attacks only the examples
-    not yet misclassified, on sub-batches of dynamic size (False for XLA; see `apgd._runs`).
+    For 'cleverhans_pgd' eps must be a Python number. `compact`: APGD and Square attack only the
+    examples not yet misclassified, on sub-batches of dynamic size (False for XLA; see `apgd._runs`).
     """
     gradient_lib.check_norm(norm)
     if spec.name in LINF_ONLY and norm != "linf":
@@ -222,7 +222,7 @@ def attack_function(spec: AttackSpec, logits_fn: LogitsFn, norm: str,
     if spec.name == "square":
         return lambda x, y, eps, seed: square(
             logits_fn, x, y, eps=eps, norm=norm, n_queries=steps, p_init=spec.p_init,
-            restarts=restarts, seed=seed, **clip)
+            restarts=restarts, seed=seed, compact=compact, **clip)
     if spec.name == "cleverhans_pgd":
         from cleverhans.tf2.attacks.projected_gradient_descent import projected_gradient_descent
 

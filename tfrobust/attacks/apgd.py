@@ -36,6 +36,7 @@ from tfrobust.attacks.gradient import (
     LogitsFn,
     ascent_direction,
     check_norm,
+    gather_examples,
     input_gradient,
     misclassified,
     per_example,
@@ -207,11 +208,6 @@ def _runs(run_fn, x: tf.Tensor, fooled: tf.Tensor, runs: int, compare_loss: bool
     return x_b
 
 
-def _subset(value: tf.Tensor, index: tf.Tensor) -> tf.Tensor:
-    """Rows `index` of a per-example value; a scalar (the same for every example) as it is."""
-    return value if value.shape.rank == 0 else tf.gather(value, index)
-
-
 def apgd(
     logits_fn: LogitsFn,
     x: tf.Tensor,
@@ -249,7 +245,7 @@ def apgd(
 
     def run(r, index):
         return apgd_run(logits_fn, tf.gather(x, index), tf.gather(y, index),
-                        eps=_subset(eps_b, index), steps=steps, norm=norm, objective=objective,
+                        eps=gather_examples(eps_b, index), steps=steps, norm=norm, objective=objective,
                         seed=rng.fold_in(seed, r), rho=rho, momentum=momentum,
                         clip_min=clip_min, clip_max=clip_max)
 
@@ -307,7 +303,7 @@ def apgd_targeted(
             return losses.dlr_targeted(logits, labels, target)
 
         return apgd_run(logits_fn, tf.gather(x, index), tf.gather(y, index),
-                        eps=_subset(eps_b, index), steps=steps, norm=norm, objective=objective,
+                        eps=gather_examples(eps_b, index), steps=steps, norm=norm, objective=objective,
                         seed=rng.fold_in(seed, r), rho=rho, momentum=momentum,
                         clip_min=clip_min, clip_max=clip_max)
 

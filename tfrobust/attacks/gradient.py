@@ -35,6 +35,11 @@ def per_example(value: float | tf.Tensor, x: tf.Tensor) -> tf.Tensor:
     return value
 
 
+def gather_examples(value: tf.Tensor, index: tf.Tensor) -> tf.Tensor:
+    """Rows `index` of a per-example value ([B, ...]); a scalar (the same for every example) as it is."""
+    return value if value.shape.rank == 0 else tf.gather(value, index)
+
+
 def l2_norm(v: tf.Tensor) -> tf.Tensor:
     """Per-example l2 norm, shape [B, 1, 1, 1]."""
     axes = list(range(1, v.shape.rank))

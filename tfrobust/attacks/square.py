@@ -10,7 +10,8 @@ x + eps * s (one random sign per column and channel); at each query draw, per ex
 square window of side round(sqrt(p * H * W)) (1 <= side <= H - 1) and set the perturbation inside
 it to +-eps per channel; keep the candidate if the margin decreased. p follows the published
 schedule, p_init halved at 10, 50, 200, 500, 1000, 2000, 4000, 6000 and 8000 of 10,000 queries,
-rescaled to `n_queries`. Examples already misclassified are not changed any more.
+rescaled to `n_queries`. Examples already misclassified are not changed any more and, with
+`compact` (the default, as in the reference code), not queried any more either.
 
 Batched and traceable: one `tf.while_loop` over queries (stops early when the whole batch is
 misclassified), stateless randomness from `seed`. Two deliberate differences from the reference
@@ -27,7 +28,7 @@ import math
 import tensorflow as tf
 
 from tfrobust import losses, rng
-from tfrobust.attacks.gradient import LogitsFn, per_example, project
+from tfrobust.attacks.gradient import LogitsFn, gather_examples, per_example, project
 
 # Queries (out of 10,000) after which the reference schedule halves p.
 P_SCHEDULE_POINTS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
@@ -56,20 +57,26 @@ def square_run(
     seed: tf.Tensor,
     clip_min: float = 0.0,
     clip_max: float = 1.0,
+    compact: bool = True,
 ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-    """One Square run: (adversarial x, misclassified [B], best margin [B]); eps broadcastable."""
+    """One Square run: (adversarial x, misclassified [B], best margin [B]); eps broadcastable.
+
+    `compact`: each query goes to the examples not yet misclassified only (as in the reference
+    code), on sub-batches of dynamic size that XLA cannot compile; without it every query covers
+    the whole batch and misclassified examples discard theirs.
+    """
     if x.shape.rank != 4 or None in x.shape[1:]:
         raise ValueError(f"Square attack needs NHWC images with a static shape, got {x.shape}")
     _, height, width, channels = x.shape
     n_features = height * width * channels
-    batch = tf.shape(x)[0]
+    everyone = tf.range(tf.shape(x, out_type=tf.int64)[0])
 
-    def clip(v):
+    def clip(v, x, eps):
         return tf.clip_by_value(project(v, x, eps, "linf"), clip_min, clip_max)
 
     init_seed, loop_seed = tf.unstack(rng.split(seed, 2))
     stripes = tf.sign(rng.uniform(init_seed, x[:, :1, :, :], -1.0, 1.0))
-    x_best = clip(x + eps * tf.where(stripes == 0, 1.0, stripes))
+    x_best = clip(x + eps * tf.where(stripes == 0, 1.0, stripes), x, eps)
     margin_best = _margin(logits_fn, x_best, y)
     rows = tf.range(height)[None, :, None, None]
     cols = tf.range(width)[None, None, :, None]
@@ -78,6 +85,10 @@ def square_run(
         return tf.logical_and(i < n_queries - 1, tf.reduce_any(margin_best <= 0.0))
 
     def body(i, x_best, margin_best):
+        index = tf.where(margin_best <= 0.0)[:, 0] if compact else everyone
+        x_i, y_i, eps_i = tf.gather(x, index), tf.gather(y, index), gather_examples(eps, index)
+        x_best_i, margin_best_i = tf.gather(x_best, index), tf.gather(margin_best, index)
+        batch = tf.shape(x_i)[0]
         step_seed = rng.fold_in(loop_seed, i)
         seeds = rng.split(step_seed, 3)
         p = p_selection(p_init, i, n_queries)
@@ -89,24 +100,26 @@ def square_run(
         window = tf.logical_and(
             tf.logical_and(rows >= top, rows < top + side),
             tf.logical_and(cols >= left, cols < left + side),
-        )  # [B, H, W, 1]
+        )  # [n, H, W, 1]
         signs = tf.sign(tf.random.stateless_uniform(
             tf.stack([batch, 1, 1, channels]), seeds[2], -1.0, 1.0))
         signs = tf.where(signs == 0, 1.0, signs)
-        current = x_best - x
+        current = x_best_i - x_i
 
         def candidate(sign):
-            return clip(x + tf.where(window, eps * sign, current))
+            return clip(x_i + tf.where(window, eps_i * sign, current), x_i, eps_i)
 
         x_new = candidate(signs)
-        changed = tf.reduce_any(tf.abs(x_new - x_best) > 1e-7, axis=[1, 2, 3])
+        changed = tf.reduce_any(tf.abs(x_new - x_best_i) > 1e-7, axis=[1, 2, 3])
         x_new = tf.where(changed[:, None, None, None], x_new, candidate(-signs))
 
-        margin = _margin(logits_fn, x_new, y)
-        active = margin_best <= 0.0
-        improved = tf.logical_and(active, margin > margin_best)
-        x_best = tf.where(improved[:, None, None, None], x_new, x_best)
-        margin_best = tf.where(improved, margin, margin_best)
+        margin = _margin(logits_fn, x_new, y_i)
+        improved = tf.logical_and(margin_best_i <= 0.0, margin > margin_best_i)
+        at = index[:, None]
+        x_best = tf.tensor_scatter_nd_update(
+            x_best, at, tf.where(improved[:, None, None, None], x_new, x_best_i))
+        margin_best = tf.tensor_scatter_nd_update(
+            margin_best, at, tf.where(improved, margin, margin_best_i))
         return i + 1, x_best, margin_best
 
     _, x_best, margin_best = tf.while_loop(cond, body, (tf.constant(0), x_best, margin_best))
@@ -126,11 +139,13 @@ def square(
     seed: int | tf.Tensor | None = None,
     clip_min: float = 0.0,
     clip_max: float = 1.0,
+    compact: bool = True,
 ) -> tf.Tensor:
     """l-inf Square attack with `n_queries` model queries per example and restart.
 
     Returns, per example, a misclassified point if a run found one, else the point with the
-    largest margin over the runs.
+    largest margin over the runs. `compact`: query only the examples not yet misclassified
+    (dynamic shapes; pass False under XLA).
     """
     if norm != "linf":
         raise ValueError(f"the Square attack here supports only norm='linf', got {norm!r}")
@@ -145,7 +160,8 @@ def square(
     best = None
     for r in range(int(restarts)):
         out = square_run(logits_fn, x, y, eps=eps_b, n_queries=int(n_queries), p_init=p_init,
-                         seed=rng.fold_in(seed, r), clip_min=clip_min, clip_max=clip_max)
+                         seed=rng.fold_in(seed, r), clip_min=clip_min, clip_max=clip_max,
+                         compact=compact)
         if best is None:
             best = out
             continue
