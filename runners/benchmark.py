@@ -32,6 +32,9 @@ flags.DEFINE_integer("steps", 5, "Timed steps per repeat.", lower_bound=1)
 flags.DEFINE_integer("repeats", 3, "Timed repeats; the median is reported.", lower_bound=1)
 flags.DEFINE_integer("warmup", 1, "Untimed steps after the first (tracing) call.", lower_bound=0)
 flags.DEFINE_enum("mixed_precision", "none", ["none", "mixed_float16", "mixed_bfloat16"], "Mixed-precision policy.")
+flags.DEFINE_integer("inter_op_threads", 0, "TensorFlow inter-op threads (0: its default). 1 runs one op at a "
+                     "time: slower, but the tensor-memory peak repeats; use it to compare methods' memory.",
+                     lower_bound=0)
 flags.DEFINE_float("timeout", 900, "Seconds after which one configuration is stopped and reported as timed out.",
                    lower_bound=1)
 flags.DEFINE_bool("isolate", True, "Measure each configuration in a fresh process (needed for its peak memory).")
@@ -68,7 +71,8 @@ def cases_from_flags() -> list[benchmark.Case]:
         raise benchmark.BenchmarkError("models and methods must not be empty")
     cases = benchmark.grid(FLAGS.models, FLAGS.methods, steps, [_BOOLS[j.lower()] for j in FLAGS.jit_compile],
                            FLAGS.modes, batch_size=FLAGS.batch_size, steps=FLAGS.steps, repeats=FLAGS.repeats,
-                           warmup=FLAGS.warmup, mixed_precision=FLAGS.mixed_precision)
+                           warmup=FLAGS.warmup, mixed_precision=FLAGS.mixed_precision,
+                           inter_op_threads=FLAGS.inter_op_threads)
     for case in cases:
         case.validate()
     return cases
@@ -80,8 +84,9 @@ def main(argv: list[str]) -> None:
         cases = cases_from_flags()
     except benchmark.BenchmarkError as e:
         fail(e)
+    threads = f", {FLAGS.inter_op_threads} inter-op thread(s)" if FLAGS.inter_op_threads else ""
     print(f"Measuring {len(cases)} configurations ({FLAGS.repeats} x {FLAGS.steps} timed steps each) on "
-          f"{os.cpu_count()} CPU core(s), {platform.processor() or platform.machine()}.", flush=True)
+          f"{os.cpu_count()} CPU core(s), {platform.processor() or platform.machine()}{threads}.", flush=True)
 
     def progress(r: benchmark.Result) -> None:
         c = r.case

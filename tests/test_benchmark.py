@@ -61,6 +61,20 @@ def test_bad_cases_are_refused():
         benchmark.Case(mode="eager").resolved().validate()
 
 
+def test_one_inter_op_thread_runs_in_a_fresh_process_only():
+    case = benchmark.Case(model="tiny_cnn", method="pgd_at", attack_steps=2, batch_size=32, steps=2,
+                          repeats=1, warmup=0, inter_op_threads=1)
+    first, second = benchmark.run([case, case])
+    assert not first.error and not second.error and first.step_tensor_mb > 0
+    # one op at a time, the peak nearly repeats (measured: within a few percent)
+    assert first.step_tensor_mb == pytest.approx(second.step_tensor_mb, rel=0.1)
+    tf.zeros([1]).numpy()  # TensorFlow's runtime now runs in this process
+    with pytest.raises(benchmark.BenchmarkError, match="fresh process"):
+        benchmark.measure(case)
+    with pytest.raises(benchmark.BenchmarkError, match="inter_op_threads"):
+        benchmark.Case(inter_op_threads=-1).resolved().validate()
+
+
 def _run_runner(*args, timeout=400):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     return subprocess.run([sys.executable, RUNNER, *args], capture_output=True, text=True, env=env, timeout=timeout)

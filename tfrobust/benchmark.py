@@ -20,6 +20,12 @@ depend on the pixel values):
   which also counts traced graphs, graph optimization, XLA executables and allocator caches: an
   upper bound that is mostly a constant of the graph's size. Each case runs in a fresh Python
   process (`run_isolated`) so the peaks of different cases do not mix.
+  The allocator's peak counts whole blocks, and when independent ops run side by side (TensorFlow's
+  default inter-op threads) which blocks a request lands in depends on the thread schedule: a
+  request can take a free block up to twice its size. Measured on the SmallCNN step, that waste
+  alone moved the peak by up to ~25 MB between identical runs. `inter_op_threads=1` runs one op
+  at a time: slower, but the peak then stays close to the bytes the tensors ask for and repeats
+  to within a few percent; use it to compare the memory of methods.
 
 `run` measures a list of cases, adds each one's time relative to the clean (`standard`) step of
 the same model, batch, XLA setting and mode; `markdown` (a row per case) and `summary` (XLA off
@@ -71,6 +77,7 @@ class Case:
     repeats: int = 3
     warmup: int = 1  # untimed steps after the first call
     mixed_precision: str = "none"
+    inter_op_threads: int = 0  # 0: TensorFlow's default; 1: one op at a time (see the module doc)
     seed: int = 0
 
     def resolved(self) -> "Case":
@@ -89,8 +96,10 @@ class Case:
             raise BenchmarkError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.mixed_precision not in ("none", "mixed_float16", "mixed_bfloat16"):
             raise BenchmarkError(f"mixed_precision must be none, mixed_float16 or mixed_bfloat16, got {self.mixed_precision!r}")
-        if self.steps < 1 or self.repeats < 1 or self.warmup < 0 or self.batch_size < 0 or self.attack_steps < 0:
-            raise BenchmarkError("steps and repeats must be >= 1; warmup, batch_size and attack_steps >= 0")
+        if (self.steps < 1 or self.repeats < 1 or self.warmup < 0 or self.batch_size < 0 or self.attack_steps < 0
+                or self.inter_op_threads < 0):
+            raise BenchmarkError("steps and repeats must be >= 1; warmup, batch_size, attack_steps and "
+                                 "inter_op_threads >= 0")
         if self.method == "atent" and self.attack_steps < 1:
             raise BenchmarkError("atent needs attack_steps >= 1")
 
@@ -178,6 +187,11 @@ def measure(case: Case) -> Result:
     from tfrobust import methods, models  # noqa: PLC0415
     from tfrobust.robust_model import RobustModel  # noqa: PLC0415
 
+    if case.inter_op_threads and tf.config.threading.get_inter_op_parallelism_threads() != case.inter_op_threads:
+        try:
+            tf.config.threading.set_inter_op_parallelism_threads(case.inter_op_threads)
+        except RuntimeError:  # TensorFlow has already started its thread pools in this process
+            raise BenchmarkError("inter_op_threads can only be set in a fresh process (isolate=True)") from None
     keras.mixed_precision.set_global_policy("float32" if case.mixed_precision == "none" else case.mixed_precision)
     classifier = models.build_model(case.model, case.input_shape, case.num_classes, seed=case.seed)
     attack = methods.AttackConfig(eps=0.1, step_size=0.025, steps=case.attack_steps)
@@ -278,12 +292,12 @@ def run_isolated(case: Case, timeout: float = 3600) -> Result:
 
 def _clean_key(case: Case) -> tuple:
     return (case.model, case.batch_size, tuple(case.input_shape or ()), case.jit_compile, case.mode,
-            case.mixed_precision)
+            case.mixed_precision, case.inter_op_threads)
 
 
 def add_relative_times(results: Sequence[Result]) -> list[Result]:
     """Each result's step time over the `standard` step's with the same model, batch, XLA setting,
-    mode and precision (None when that clean case was not measured)."""
+    mode, precision and threads (None when that clean case was not measured)."""
     clean = {_clean_key(r.case): r.step_seconds for r in results if r.case.method == "standard" and not r.error}
     for r in results:
         base = clean.get(_clean_key(r.case))
