@@ -179,8 +179,8 @@ def _runs(run_fn, x: tf.Tensor, fooled: tf.Tensor, runs: int, compare_loss: bool
     run fooled: as in AutoAttack, an example leaves the attack once it is misclassified (for APGD-T
     on a half-robust model this skips about half of the work of every target after the first).
     Those sub-batches have a dynamic size, which XLA cannot compile; without `compact` every run
-    attacks the whole batch (static shapes) and a fooled example keeps its earlier point either
-    way, so the result is the same. An example no run fooled keeps the first run's point, or with
+    attacks the whole batch (static shapes) and a fooled example keeps its earlier point: the same
+    attack, with other random draws (they depend on the sub-batch). An example no run fooled keeps the first run's point, or with
     `compare_loss` the highest-loss point of all runs (the targeted losses of different targets
     are not comparable). The loop stops once every example is fooled.
     """
