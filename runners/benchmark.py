@@ -33,8 +33,8 @@ flags.DEFINE_integer("repeats", 3, "Timed repeats; the median is reported.", low
 flags.DEFINE_integer("warmup", 1, "Untimed steps after the first (tracing) call.", lower_bound=0)
 flags.DEFINE_enum("mixed_precision", "none", ["none", "mixed_float16", "mixed_bfloat16"], "Mixed-precision policy.")
 flags.DEFINE_integer("inter_op_threads", 0, "TensorFlow inter-op threads (0: its default). 1 runs one op at a "
-                     "time: slower, but the tensor-memory peak repeats; use it to compare methods' memory.",
-                     lower_bound=0)
+                     "time: slower, but the tensor-memory peak follows what the tensors need; compare "
+                     "methods' memory so.", lower_bound=0)
 flags.DEFINE_float("timeout", 900, "Seconds after which one configuration is stopped and reported as timed out.",
                    lower_bound=1)
 flags.DEFINE_bool("isolate", True, "Measure each configuration in a fresh process (needed for its peak memory).")
