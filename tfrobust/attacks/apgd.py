@@ -36,12 +36,14 @@ from tfrobust.attacks.gradient import (
     LogitsFn,
     ascent_direction,
     check_norm,
+    examples_to_attack,
     gather_examples,
     input_gradient,
     misclassified,
     per_example,
     project,
     random_start,
+    scatter_examples,
 )
 
 APGD_LOSSES = ("ce", "dlr")
@@ -180,28 +182,25 @@ def _runs(run_fn, x: tf.Tensor, fooled: tf.Tensor, runs: int, compare_loss: bool
     on a half-robust model this skips about half of the work of every target after the first).
     Those sub-batches have a dynamic size, which XLA cannot compile; without `compact` every run
     attacks the whole batch (static shapes) and a fooled example keeps its earlier point: the same
-    attack, with other random draws (they depend on the sub-batch). An example no run fooled keeps the first run's point, or with
-    `compare_loss` the highest-loss point of all runs (the targeted losses of different targets
-    are not comparable). The loop stops once every example is fooled.
+    attack, with other random draws (they depend on the sub-batch). An example no run fooled keeps
+    the first run's point, or with `compare_loss` the highest-loss point of all runs (the targeted
+    losses of different targets are not comparable). The loop stops once every example is fooled.
     """
-    everyone = tf.range(tf.shape(x, out_type=tf.int64)[0])
-
     def cond(r, x_b, f_b, l_b):
         return tf.logical_and(r < runs, tf.reduce_any(tf.logical_not(f_b)))
 
     def body(r, x_b, f_b, l_b):
-        index = tf.where(tf.logical_not(f_b))[:, 0] if compact else everyone
+        index = examples_to_attack(tf.logical_not(f_b), compact)
         x_n, f_n, l_n = run_fn(r, index)
-        f_old, l_old = tf.gather(f_b, index), tf.gather(l_b, index)
+        x_old, f_old, l_old = (tf.gather(v, index) for v in (x_b, f_b, l_b))
         take = f_n | tf.equal(r, 0)  # every attacked example takes the first run's point
         if compare_loss:
             take |= l_n > l_old
         take &= tf.logical_not(f_old)
-        at = index[:, None]
         return (r + 1,
-                tf.tensor_scatter_nd_update(x_b, at, tf.where(_expand(take, x_n), x_n, tf.gather(x_b, index))),
-                tf.tensor_scatter_nd_update(f_b, at, f_old | f_n),
-                tf.tensor_scatter_nd_update(l_b, at, tf.where(take, l_n, l_old)))
+                scatter_examples(x_b, index, tf.where(_expand(take, x_n), x_n, x_old)),
+                scatter_examples(f_b, index, f_old | f_n),
+                scatter_examples(l_b, index, tf.where(take, l_n, l_old)))
 
     loss = tf.fill(tf.shape(fooled), tf.constant(-float("inf"), x.dtype))
     _, x_b, _, _ = tf.while_loop(cond, body, (tf.constant(0), x, fooled, loss))

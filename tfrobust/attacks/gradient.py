@@ -35,9 +35,22 @@ def per_example(value: float | tf.Tensor, x: tf.Tensor) -> tf.Tensor:
     return value
 
 
+def examples_to_attack(active: tf.Tensor, compact: bool) -> tf.Tensor:
+    """int64 positions of the examples an attack works on next: those where `active` [B] is true
+    (`compact`: a dynamic count, which XLA cannot compile), or all of them (static shapes)."""
+    if compact:
+        return tf.where(active)[:, 0]
+    return tf.range(tf.shape(active, out_type=tf.int64)[0])
+
+
 def gather_examples(value: tf.Tensor, index: tf.Tensor) -> tf.Tensor:
     """Rows `index` of a per-example value ([B, ...]); a scalar (the same for every example) as it is."""
     return value if value.shape.rank == 0 else tf.gather(value, index)
+
+
+def scatter_examples(value: tf.Tensor, index: tf.Tensor, rows: tf.Tensor) -> tf.Tensor:
+    """`value` [B, ...] with its rows `index` replaced by `rows` (the inverse of gather_examples)."""
+    return tf.tensor_scatter_nd_update(value, index[:, None], rows)
 
 
 def l2_norm(v: tf.Tensor) -> tf.Tensor:

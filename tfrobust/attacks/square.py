@@ -28,7 +28,14 @@ import math
 import tensorflow as tf
 
 from tfrobust import losses, rng
-from tfrobust.attacks.gradient import LogitsFn, gather_examples, per_example, project
+from tfrobust.attacks.gradient import (
+    LogitsFn,
+    examples_to_attack,
+    gather_examples,
+    per_example,
+    project,
+    scatter_examples,
+)
 
 # Queries (out of 10,000) after which the reference schedule halves p.
 P_SCHEDULE_POINTS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
@@ -69,8 +76,6 @@ def square_run(
         raise ValueError(f"Square attack needs NHWC images with a static shape, got {x.shape}")
     _, height, width, channels = x.shape
     n_features = height * width * channels
-    everyone = tf.range(tf.shape(x, out_type=tf.int64)[0])
-
     def clip(v, x, eps):
         return tf.clip_by_value(project(v, x, eps, "linf"), clip_min, clip_max)
 
@@ -85,7 +90,7 @@ def square_run(
         return tf.logical_and(i < n_queries - 1, tf.reduce_any(margin_best <= 0.0))
 
     def body(i, x_best, margin_best):
-        index = tf.where(margin_best <= 0.0)[:, 0] if compact else everyone
+        index = examples_to_attack(margin_best <= 0.0, compact)
         x_i, y_i, eps_i = tf.gather(x, index), tf.gather(y, index), gather_examples(eps, index)
         x_best_i, margin_best_i = tf.gather(x_best, index), tf.gather(margin_best, index)
         batch = tf.shape(x_i)[0]
@@ -115,11 +120,8 @@ def square_run(
 
         margin = _margin(logits_fn, x_new, y_i)
         improved = tf.logical_and(margin_best_i <= 0.0, margin > margin_best_i)
-        at = index[:, None]
-        x_best = tf.tensor_scatter_nd_update(
-            x_best, at, tf.where(improved[:, None, None, None], x_new, x_best_i))
-        margin_best = tf.tensor_scatter_nd_update(
-            margin_best, at, tf.where(improved, margin, margin_best_i))
+        x_best = scatter_examples(x_best, index, tf.where(improved[:, None, None, None], x_new, x_best_i))
+        margin_best = scatter_examples(margin_best, index, tf.where(improved, margin, margin_best_i))
         return i + 1, x_best, margin_best
 
     _, x_best, margin_best = tf.while_loop(cond, body, (tf.constant(0), x_best, margin_best))
