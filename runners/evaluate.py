@@ -18,6 +18,7 @@ from tfrobust import cli
 
 with cli.native_stderr_captured():
     from tfrobust import data, evaluation, export
+    from tfrobust.errors import TfrobustError
 
 flags.DEFINE_string("model", None, "A training run directory, or an exported SavedModel directory.")
 flags.DEFINE_string("dataset", None, "Dataset (as for train.py); default: the run's dataset, else digits.")
@@ -86,7 +87,7 @@ def main(argv: list[str]) -> None:
             logits_fn, (splits.x_test, splits.y_test), attacks=specs, eps_values=eps_values, norm=norm,
             batch_size=FLAGS.batch_size, limit=FLAGS.examples or None, seed=FLAGS.seed,
             checks="all" if FLAGS.checks == "all" else None, verbose=FLAGS.verbose)
-    except (evaluation.EvaluationError, export.ExportError, data.DataError, ValueError) as e:
+    except (TfrobustError, ValueError) as e:
         fail(e)
     report.save(out)
     print(report.to_markdown())

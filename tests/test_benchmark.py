@@ -121,7 +121,7 @@ def test_runner_bad_flag_is_one_line_and_exit_2(tmp_path):
 def test_run_with_xla_or_mixed_precision_traces_once_and_learns(tmp_path, float32_policy, jit, precision):
     config = training.TrainConfig(method="pgd_at", epochs=1, batch_size=32, train_examples=256, attack_steps=2,
                                   eval_steps=2, eval_examples=64, validation_size=0, jit_compile=jit,
-                                  mixed_precision=precision, lr=0.05, output_dir=str(tmp_path / "run"), verbose="0")
+                                  mixed_precision=precision, lr=0.05, output_dir=str(tmp_path / "run"), verbose=0)
     result = training.train(config)
     assert result.train_step_traces == 1 and result.steps == 8
     assert np.isfinite(result.history["loss"]).all() and result.clean_accuracy > 0.3

@@ -126,7 +126,7 @@ _WORKER_SCRIPT = textwrap.dedent("""
     config = training.TrainConfig(method="mimae", method_options={"lambda_mi": 2.0}, epochs=1, batch_size=32,
                                   train_examples=192, attack_steps=2, eval_steps=2, eval_examples=64,
                                   validation_size=64, checkpoint_every_steps=4, output_dir=output_dir,
-                                  strategy=strategy, verbose="0")
+                                  strategy=strategy, verbose=0)
     result = training.train(config, extra_callbacks=[Dump()])
     print("RESULT" + json.dumps({"steps": result.steps, "traces": result.train_step_traces,
                                  "adv_accuracy": result.adv_accuracy}))

@@ -23,7 +23,7 @@ def _run(*args, timeout=300):
 def run_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("eval") / "run"
     training.train(training.TrainConfig(method="standard", epochs=2, attack_steps=2, eval_steps=2,
-                                        eval_examples=64, output_dir=str(out), verbose="0"))
+                                        eval_examples=64, output_dir=str(out), verbose=0))
     return str(out)
 
 

@@ -18,7 +18,7 @@ RUNNER = os.path.join(ROOT, "runners", "train.py")
 
 def _config(tmp_path, **overrides):
     base = dict(method="pgd_at", epochs=1, batch_size=64, attack_steps=2, eval_steps=2, eval_examples=64,
-                validation_size=64, output_dir=str(tmp_path / "run"), verbose="0")
+                validation_size=64, output_dir=str(tmp_path / "run"), verbose=0)
     base.update(overrides)
     return training.TrainConfig(**base)
 

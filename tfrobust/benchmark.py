@@ -45,6 +45,8 @@ import sys
 import time
 from typing import Any, Callable, Iterable, Sequence
 
+from tfrobust.errors import TfrobustError
+
 MODES = ("tensors", "fit")
 # Model name -> (input shape, default global batch): the digits default and the MNIST SmallCNN recipe.
 PRESETS: dict[str, tuple[tuple[int, int, int], int]] = {
@@ -57,7 +59,7 @@ PRESETS: dict[str, tuple[tuple[int, int, int], int]] = {
 }
 
 
-class BenchmarkError(ValueError):
+class BenchmarkError(TfrobustError):
     """A case that cannot be measured; the message is one line."""
 
 

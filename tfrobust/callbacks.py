@@ -10,9 +10,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfrobust.errors import TfrobustError
 
-class NonFiniteLossError(RuntimeError):
-    """Training produced a NaN or infinite loss."""
+
+class NonFiniteLossError(TfrobustError, RuntimeError):
+    """Training produced a NaN or infinite loss (the runners exit with code 3)."""
+
+    exit_code = 3
 
 
 class Throughput(keras.callbacks.Callback):

@@ -55,3 +55,83 @@ def flags_parser(program: str) -> Callable[[list[str]], list[str]]:
         return rest
 
     return parse
+
+
+def _flag_help(spec, unset_default: bool) -> str:
+    text = spec.help
+    bounds = spec.bounds_text()
+    if bounds:
+        text += f" Must be {bounds}."
+    if unset_default:
+        default = "auto" if spec.default is None else spec.default
+        text += f" Unset: the method's default ({default!r})."
+    return text
+
+
+def define_flags(cls: type, *, unset_default: bool = False, flag_values=None) -> list[str]:
+    """Define one absl flag per setting of dataclass `cls` (`tfrobust.settings.setting` fields), with
+    the setting's help, choices and bounds; skip names already defined. With `unset_default`, flags
+    default to None ("unset"), as method hyperparameters do. Returns the names defined."""
+    from absl import flags
+
+    from tfrobust import settings
+
+    fv = flag_values or flags.FLAGS
+    defined = []
+    for spec in settings.specs(cls):
+        if not spec.flag or spec.name in fv:
+            continue
+        default = None if unset_default else spec.default
+        helptext = _flag_help(spec, unset_default)
+        kwargs = dict(flag_values=fv)
+        if spec.kind is bool and spec.optional:
+            flags.DEFINE_enum(spec.name, None if unset_default else settings.format_tristate(default),
+                              [settings.AUTO, "true", "false"], helptext, **kwargs)
+        elif spec.choices is not None:
+            choices = [str(c) for c in spec.choices] + ([settings.AUTO] if spec.optional else [])
+            text = None if default is None and unset_default else (settings.AUTO if default is None else str(default))
+            flags.DEFINE_enum(spec.name, text, choices, helptext, **kwargs)
+        elif spec.kind is bool:
+            flags.DEFINE_bool(spec.name, default, helptext, **kwargs)
+        elif spec.kind is int:
+            flags.DEFINE_integer(spec.name, default, helptext, **kwargs)
+        elif spec.kind is float:
+            flags.DEFINE_float(spec.name, default, helptext, **kwargs)
+        elif spec.kind is tuple:
+            flags.DEFINE_list(spec.name, None if default is None else [str(v) for v in default], helptext, **kwargs)
+        else:
+            flags.DEFINE_string(spec.name, default, helptext, **kwargs)
+        defined.append(spec.name)
+    return defined
+
+
+def values_from_flags(cls: type, names=None, flag_values=None) -> dict:
+    """The typed values of `cls`'s settings from the parsed flags (those in `names`, default all that
+    are flags; with unset method flags left out). Raises ConfigError for a value of the wrong form."""
+    from absl import flags
+
+    from tfrobust import settings
+    from tfrobust.errors import ConfigError
+
+    fv = flag_values or flags.FLAGS
+    values = {}
+    for spec in settings.specs(cls):
+        if not spec.flag or spec.name not in fv or (names is not None and spec.name not in names):
+            continue
+        value = fv[spec.name].value
+        if value is None:
+            if names is not None:  # an unset method flag: the method's default
+                continue
+            values[spec.name] = None
+            continue
+        if spec.kind is bool and spec.optional:
+            value = settings.parse_tristate(value)
+        elif spec.choices is not None and spec.kind is int:
+            value = None if value == settings.AUTO else int(value)
+        elif spec.kind is tuple:
+            try:
+                value = tuple(int(v) for v in value)
+            except ValueError:
+                raise ConfigError(f"{spec.name} must be integers, got {','.join(value)}") from None
+        values[spec.name] = value
+    return values

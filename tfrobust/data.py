@@ -20,6 +20,8 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from tfrobust.errors import TfrobustError
+
 TFDS_NAMES = ("mnist", "fashion_mnist", "cifar10", "cifar100", "svhn_cropped")
 
 NPZ_PREFIX = "npz:"
@@ -39,7 +41,7 @@ _STATS_CHUNK_ROWS = 1024
 _MAX_MESSAGE_CHARS = 400
 
 
-class DataError(ValueError):
+class DataError(TfrobustError):
     """Bad input to this module; the message is one line saying what was wrong and what is accepted."""
 
 

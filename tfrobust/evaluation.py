@@ -37,6 +37,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfrobust.errors import TfrobustError
 from tfrobust import rng
 from tfrobust.attacks.apgd import apgd, apgd_targeted
 from tfrobust.attacks import gradient as gradient_lib
@@ -55,7 +56,7 @@ CHECK_NAMES = ("budget", "eps_monotonic", "large_eps", "more_steps", "iterative_
                "black_box", "cleverhans_agreement")
 
 
-class EvaluationError(ValueError):
+class EvaluationError(TfrobustError):
     """Bad evaluation settings or data."""
 
 

@@ -15,10 +15,12 @@ from typing import Callable
 import keras
 import tensorflow as tf
 
+from tfrobust.errors import TfrobustError
+
 SERVING_ENDPOINT = "serve"
 
 
-class ExportError(ValueError):
+class ExportError(TfrobustError):
     """A SavedModel that cannot be written or read as a tfrobust export."""
 
 

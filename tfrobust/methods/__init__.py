@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
+from tfrobust.errors import ConfigError
 from tfrobust.methods.base import AttackConfig, Differentiate, LossOutput, Method, StepContext
 from tfrobust.methods.atent import Atent
 from tfrobust.methods.mart import Mart
@@ -23,15 +24,19 @@ def hyperparameters(name: str) -> tuple[str, ...]:
 
 def get(name: str) -> type[Method]:
     if name not in REGISTRY:
-        raise ValueError(f"unknown method {name!r}; expected one of {sorted(REGISTRY)}")
+        raise ConfigError(f"unknown method {name!r}; expected one of {sorted(REGISTRY)}")
     return REGISTRY[name]
 
 
 def build(name: str, attack: AttackConfig, options: Mapping[str, Any] | None = None) -> Method:
-    """Method `name` with its threat model and those of `options` that are its hyperparameters."""
+    """Method `name` with its threat model and hyperparameters `options` (ConfigError for an unknown
+    name, a misspelled option or a value out of its bounds)."""
     cls = get(name)
-    wanted = set(hyperparameters(name))
-    return cls(attack=attack, **{k: v for k, v in (options or {}).items() if k in wanted})
+    options = dict(options or {})
+    unknown = sorted(set(options) - set(hyperparameters(name)))
+    if unknown:
+        raise ConfigError(f"method {name} has no hyperparameter(s) {unknown}; it takes {list(hyperparameters(name))}")
+    return cls(attack=attack, **options)
 
 
 __all__ = ["AttackConfig", "Differentiate", "LossOutput", "Method", "REGISTRY", "StepContext",

@@ -29,6 +29,7 @@ from tfrobust import losses, rng
 from tfrobust.attacks import gradient as pgd_lib
 from tfrobust.attacks import langevin
 from tfrobust.methods.base import LossOutput, Method
+from tfrobust.settings import setting
 
 PROJECTIONS = ("every", "last", "never")
 STARTS = ("corner", "none")
@@ -42,25 +43,21 @@ class Atent(Method):
     step, only after the 'last' one, or 'never' (iterates are always clipped to [0, 1]); start:
     'corner' (l-inf: x + eps sign(N(0, I)); l2: a Gaussian direction of norm eps) or 'none'."""
 
-    noise: float = 1e-4
-    gamma: float = 0.0
-    alpha: float = 0.9
-    projection: str = "every"
-    start: str = "corner"
+    noise: float = setting(1e-4, "ATENT: Langevin noise scale.", low=0)
+    gamma: float = setting(0.0, "ATENT: l2 pull-back towards x (l2 only).", low=0)
+    alpha: float = setting(0.9, "ATENT: exponential averaging of the iterates' losses.", low=0, high=1,
+                           low_open=True)
+    projection: str = setting("every", "ATENT: project onto the eps ball after every step, the last only, or "
+                              "never.", choices=PROJECTIONS)
+    start: str = setting("corner", "ATENT: random start (corner: eps sign(N(0, I)) for l-inf, a Gaussian "
+                         "direction of norm eps for l2; none).", choices=STARTS)
 
     name = "atent"
     reference_attack_bn_training = True  # the StochAT reference samples with the model in train() mode
     term_names = ("atent_loss", "last_ce")
 
     def __post_init__(self):
-        if self.projection not in PROJECTIONS:
-            raise ValueError(f"unknown ATENT projection {self.projection!r}; expected one of {PROJECTIONS}")
-        if self.start not in STARTS:
-            raise ValueError(f"unknown ATENT start {self.start!r}; expected one of {STARTS}")
-        if not 0.0 < self.alpha <= 1.0:
-            raise ValueError(f"ATENT needs 0 < alpha <= 1; got {self.alpha}")
-        if not self.noise >= 0 or not self.gamma >= 0:
-            raise ValueError(f"ATENT needs noise >= 0 and gamma >= 0; got {self.noise}, {self.gamma}")
+        super().__post_init__()
         if self.attack.steps < 1:
             raise ValueError(f"ATENT needs at least one Langevin step (attack.steps); got {self.attack.steps}")
 

@@ -16,6 +16,7 @@ from typing import Callable, ClassVar, Sequence
 import keras
 import tensorflow as tf
 
+from tfrobust import settings
 from tfrobust.attacks import gradient as pgd_lib
 
 
@@ -93,6 +94,9 @@ class Method(abc.ABC):
     adversarial: ClassVar[bool] = True  # whether training inputs are adversarial
     # Batch-norm mode of the reference implementation while attacking (--attack_bn_mode=auto).
     reference_attack_bn_training: ClassVar[bool] = False
+
+    def __post_init__(self):
+        settings.check(self)  # each hyperparameter against its `setting` metadata
 
     def attack_inputs(self, ctx: StepContext, x: tf.Tensor, y: tf.Tensor) -> tf.Tensor | None:
         """The adversarial training inputs, or None. Runs outside the weight-gradient tape."""

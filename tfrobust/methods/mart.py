@@ -9,13 +9,14 @@ import dataclasses
 
 from tfrobust import losses
 from tfrobust.methods.base import LossOutput, Method
+from tfrobust.settings import setting
 
 
 @dataclasses.dataclass(frozen=True)
 class Mart(Method):
     """beta: weight of the misclassification-aware KL term (6 in the paper)."""
 
-    beta: float = 6.0
+    beta: float = setting(6.0, "Weight of the KL term (TRADES: 6 on CIFAR-10, 1 or 6 on MNIST; MART: 6).", low=0)
 
     name = "mart"
     term_names = ("boosted_ce", "weighted_kl")

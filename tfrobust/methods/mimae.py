@@ -24,6 +24,7 @@ import tensorflow as tf
 
 from tfrobust import distribute, losses
 from tfrobust.methods.base import LossOutput, Method
+from tfrobust.settings import setting
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,10 +32,10 @@ class Mimae(Method):
     """lambda_mi: weight of the (maximized) mutual information; lambda_mae: weight of the logit
     MAE; mi_symmetric: symmetrize the joint (IIC); natural_weight: weight of CE on clean inputs."""
 
-    lambda_mi: float = 1.0
-    lambda_mae: float = 1.0
-    mi_symmetric: bool = True
-    natural_weight: float = 0.0
+    lambda_mi: float = setting(1.0, "MIMAE: weight of the (maximized) mutual information.", low=0)
+    lambda_mae: float = setting(1.0, "MIMAE: weight of the logit mean absolute error.", low=0)
+    mi_symmetric: bool = setting(True, "MIMAE: symmetrize the joint of the two prediction batches (IIC).")
+    natural_weight: float = setting(0.0, "MIMAE: weight of cross-entropy on clean inputs.", low=0)
 
     name = "mimae"
     term_names = ("adv_ce", "mi", "mae", "natural_ce")

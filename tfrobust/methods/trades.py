@@ -9,13 +9,14 @@ import dataclasses
 from tfrobust import losses
 from tfrobust.attacks import objectives
 from tfrobust.methods.base import LossOutput, Method
+from tfrobust.settings import setting
 
 
 @dataclasses.dataclass(frozen=True)
 class Trades(Method):
     """beta: weight of the robust KL term (6 on CIFAR-10; 1 or 6 on MNIST)."""
 
-    beta: float = 6.0
+    beta: float = setting(6.0, "Weight of the KL term (TRADES: 6 on CIFAR-10, 1 or 6 on MNIST; MART: 6).", low=0)
 
     name = "trades"
     term_names = ("natural", "robust")

@@ -11,13 +11,15 @@ from collections.abc import Sequence
 
 import keras
 
+from tfrobust.errors import TfrobustError
+
 # PyTorch ``nn.BatchNorm2d`` defaults: momentum 0.1 on the *new* statistic is
 # Keras momentum 0.9 on the *old* one; eps 1e-5 (Keras default is 1e-3).
 BN_MOMENTUM: float = 0.9
 BN_EPSILON: float = 1e-5
 
 
-class ModelError(ValueError):
+class ModelError(TfrobustError):
     """Invalid arguments to :func:`tfrobust.models.build_model` (one-line message)."""
 
 
