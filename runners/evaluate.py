@@ -17,7 +17,7 @@ from absl import app, flags, logging
 from tfrobust import cli
 
 with cli.native_stderr_captured():
-    from tfrobust import data, evaluation, export
+    from tfrobust import data, evaluation, export, rundir
     from tfrobust.errors import TfrobustError
 
 flags.DEFINE_string("model", None, "A training run directory, or an exported SavedModel directory.")
@@ -70,8 +70,10 @@ def main(argv: list[str]) -> None:
         fail("--model is required: a training run directory or a SavedModel directory")
     savedmodel, run_config, default_out = _resolve_model(FLAGS.model)
     out = FLAGS.output_dir or default_out
-    if os.path.exists(os.path.join(out, "report.json")) and not FLAGS.overwrite:
-        fail(f"{out} already holds a report; pass --overwrite to replace it, or another --output_dir")
+    try:
+        rundir.check_output_dir(out, evaluation.REPORT_FILES, FLAGS.overwrite, what="--output_dir")
+    except TfrobustError as e:
+        fail(e)
     eps_values = _eps_values(run_config)
     norm = FLAGS.norm or run_config.get("norm", "linf")
     attacks = FLAGS.attacks or FLAGS.suite
@@ -89,7 +91,10 @@ def main(argv: list[str]) -> None:
             checks="all" if FLAGS.checks == "all" else None, verbose=FLAGS.verbose)
     except (TfrobustError, ValueError) as e:
         fail(e)
-    report.save(out)
+    try:
+        report.save(out)
+    except OSError as e:
+        fail(f"writing the report to {e.filename or out!r} failed: {rundir.os_error_text(e)}", code=4)
     print(report.to_markdown())
     print(f"Report: {out}/report.json, report.md, accuracy_vs_eps.png")
 

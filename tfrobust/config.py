@@ -22,6 +22,8 @@ MIXED_PRECISION = ("none", "mixed_float16", "mixed_bfloat16")
 ATTACK_BN_MODES = ("auto", "train", "eval")
 NORMS = ("linf", "l2")
 VERBOSITY = (0, 1, 2)
+# Attacks longer than this are almost always a typo; --allow_expensive lets them run.
+EXPENSIVE_ATTACK_STEPS = 1000
 
 
 def _method_names() -> list[str]:
@@ -87,7 +89,7 @@ class TrainConfig:
     eps_warmup_epochs: float = setting(0.0, "Ramp the training attack's eps and step size linearly from 0 to "
                                        "--eps over this many epochs (0: no ramp). Evaluation uses the full eps.",
                                        low=0)
-    eval_steps: int = setting(20, "PGD steps of validation and the final test evaluation.", low=0)
+    eval_steps: int = setting(20, "PGD steps of validation and the final test evaluation.", low=1)
     eval_examples: int = setting(1000, "Test examples in the final evaluation (0: all).", low=0, resumable=True)
     eval_suite: str = setting("none", "After training, also run this evaluation suite at --eps on the "
                               "eval_examples, with its sanity checks; report in RUN/evaluation.",
@@ -100,6 +102,8 @@ class TrainConfig:
     resume: bool = setting(True, "Continue an unfinished run found in output_dir.", resumable=True)
     log_every_steps: int = setting(50, "TensorBoard step-level scalars every N steps.", low=1, resumable=True)
     checkpoint_every_steps: int = setting(0, "Also checkpoint every N steps (0: epoch ends only).", low=0)
+    allow_expensive: bool = setting(False, f"Allow attacks of more than {EXPENSIVE_ATTACK_STEPS} steps.",
+                                    resumable=True)
     # speed and scale
     strategy: str = setting("auto", "Distribution strategy.", choices=_strategies)
     jit_compile: bool | None = setting(None, "XLA-compile the train step; auto: Keras' choice (off on a CPU).")
@@ -176,6 +180,11 @@ def validate(config: TrainConfig) -> None:
          f"eps must be in [0, 1] for linf (pixels are in [0, 1]), got {config.eps}")
     need(config.validation_size < 1 or float(config.validation_size).is_integer(),
          f"validation_size must be a fraction below 1 or a whole count, got {config.validation_size}")
+    need(config.method == "standard" or config.attack_steps == 0 or config.step_size > 0,
+         f"step_size must be > 0 for an attack of {config.attack_steps} steps (or set --attack_steps=0)")
+    longest = max(config.attack_steps, config.eval_steps)
+    need(longest <= EXPENSIVE_ATTACK_STEPS or config.allow_expensive,
+         f"an attack of {longest} steps per batch would take very long; pass --allow_expensive if you mean it")
     need(config.eval_suite == "none" or config.eps > 0, "eval_suite needs eps > 0 (the suite attacks at --eps)")
     from tfrobust import methods
     wanted = methods.hyperparameters(config.method)

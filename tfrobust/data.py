@@ -181,7 +181,9 @@ def _load_tfds(name: str, data_dir: str | None) -> tuple:
     x_train, y_train = _checked_arrays(x_train, y_train, "x_train", "y_train")
     x_test, y_test = _checked_arrays(x_test, y_test, "x_test", "y_test")
     _check_same_image_shape(x_train, x_test)
-    return x_train, y_train, x_test, y_test, int(info.features["label"].num_classes)
+    num_classes = int(info.features["label"].num_classes)
+    _check_labels(num_classes, y_train=y_train, y_test=y_test)
+    return x_train, y_train, x_test, y_test, num_classes
 
 
 def _whole_split(dataset: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
@@ -217,7 +219,8 @@ def _load_npz(path: str) -> tuple:
     x_train, y_train = _checked_arrays(arrays["x_train"], arrays["y_train"], "x_train", "y_train")
     x_test, y_test = _checked_arrays(arrays["x_test"], arrays["y_test"], "x_test", "y_test")
     _check_same_image_shape(x_train, x_test)
-    num_classes = int(max(y_train.max(), y_test.max())) + 1
+    num_classes = int(y_train.max()) + 1
+    _check_labels(num_classes, y_test=y_test)
     return x_train, y_train, x_test, y_test, num_classes
 
 
@@ -236,7 +239,8 @@ def _checked_arrays(x, y, x_name: str, y_name: str) -> tuple[np.ndarray, np.ndar
             raise DataError(f"{x_name} has dtype {x.dtype}; expected uint8 (0..255) or float (0..1)")
         low, high = float(x.min()), float(x.max())
         if not (0.0 <= low and high <= 1.0):  # also false for NaN
-            raise DataError(f"{x_name} has float pixels in [{low}, {high}]; expected float pixels in [0, 1]")
+            hint = " (divide 0..255 images by 255)" if high > 1.0 else ""
+            raise DataError(f"{x_name} has float pixels in [{low}, {high}]; expected float pixels in [0, 1]{hint}")
         x = x.astype(np.float32, copy=False)
     if y.ndim != 1:
         raise DataError(f"{y_name} has shape {y.shape}; expected a vector of class indices, shape (N,)")
@@ -248,7 +252,18 @@ def _checked_arrays(x, y, x_name: str, y_name: str) -> tuple[np.ndarray, np.ndar
         )
     if y.min() < 0:
         raise DataError(f"{y_name} contains the negative label {int(y.min())}; expected class indices >= 0")
+    if y.max() > np.iinfo(np.int32).max:
+        raise DataError(f"{y_name} contains the label {int(y.max())}, beyond int32; expected class indices")
     return x, y.astype(np.int32, copy=False)
+
+
+def _check_labels(num_classes: int, **splits: np.ndarray) -> None:
+    """Every split's labels are classes of the training split (0..num_classes-1)."""
+    for name, y in splits.items():
+        if len(y) and int(y.max()) >= num_classes:
+            bad = int(y.max())
+            raise DataError(f"{name} contains the label {bad} ({int(np.sum(y == bad))} examples), but the training "
+                            f"split has {num_classes} classes (0..{num_classes - 1})")
 
 
 def _check_same_image_shape(x_train: np.ndarray, x_test: np.ndarray) -> None:

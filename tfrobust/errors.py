@@ -13,3 +13,10 @@ class TfrobustError(ValueError):
 
 class ConfigError(TfrobustError):
     """A configuration or run directory that cannot be used."""
+
+
+class RunWriteError(TfrobustError):
+    """Writing to the run directory failed mid-run (disk full, permission lost); the last complete
+    checkpoint is intact and rerunning the same command continues from it."""
+
+    exit_code = 4

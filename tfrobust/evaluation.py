@@ -56,6 +56,9 @@ CHECK_NAMES = ("budget", "eps_monotonic", "large_eps", "more_steps", "iterative_
                "black_box", "cleverhans_agreement")
 
 
+REPORT_FILES = ("report.json", "report.md", "accuracy_vs_eps.png", "logs")  # what Report.save writes
+
+
 class EvaluationError(TfrobustError):
     """Bad evaluation settings or data."""
 
@@ -297,7 +300,8 @@ def load_arrays(data, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]
         raise EvaluationError(f"expected x [N, H, W, C] and y [N] with N > 0, got {x.shape} and {y.shape}")
     x = _to_unit(x)
     if x.min() < 0.0 or x.max() > 1.0:
-        raise EvaluationError(f"images must be in [0, 1], got [{x.min()}, {x.max()}]")
+        hint = " (divide 0..255 images by 255)" if x.max() > 1.0 else ""
+        raise EvaluationError(f"images must be in [0, 1], got [{x.min()}, {x.max()}]{hint}")
     if not np.issubdtype(y.dtype, np.integer):
         raise EvaluationError(f"labels must be integers, got {y.dtype}")
     return x, y.astype(np.int32)
@@ -537,7 +541,7 @@ class Report:
         writer.close()
         return logdir
 
-    def save(self, directory: str) -> dict[str, str]:
+    def save(self, directory: str) -> dict[str, str]:  # writes REPORT_FILES
         """Write report.json, report.md, accuracy_vs_eps.png and TensorBoard scalars (logs/)."""
         os.makedirs(directory, exist_ok=True)
         paths = {"json": os.path.join(directory, "report.json"), "markdown": os.path.join(directory, "report.md"),

@@ -55,7 +55,9 @@ def export_classifier(classifier: keras.Model, path: str) -> str:
 
 
 def load_logits_fn(path: str) -> Callable[[tf.Tensor], tf.Tensor]:
-    """A differentiable function images -> float32 logits from a SavedModel written here."""
+    """A differentiable function images -> float32 logits from a SavedModel: one written here (its
+    `serve` returns a dict with `logits`) or by Keras' `model.export()` (its `serve` returns the
+    model's output tensor, taken to be logits: the evaluation's checks flag probability outputs)."""
     if not os.path.isdir(path) or not os.path.exists(os.path.join(path, "saved_model.pb")):
         raise ExportError(f"no SavedModel at {path!r} (expected a directory with saved_model.pb)")
     loaded = tf.saved_model.load(path)
@@ -64,7 +66,15 @@ def load_logits_fn(path: str) -> Callable[[tf.Tensor], tf.Tensor]:
     serve = getattr(loaded, SERVING_ENDPOINT)
 
     def logits_fn(images: tf.Tensor) -> tf.Tensor:
-        return serve(tf.cast(images, tf.float32))["logits"]
+        out = serve(tf.cast(images, tf.float32))
+        if isinstance(out, dict):
+            if "logits" not in out:
+                raise ExportError(f"the '{SERVING_ENDPOINT}' endpoint of {path!r} returns {sorted(out)}, no 'logits'")
+            out = out["logits"]
+        elif isinstance(out, (list, tuple)):
+            raise ExportError(f"the '{SERVING_ENDPOINT}' endpoint of {path!r} returns {len(out)} outputs; "
+                              "expected one tensor of logits")
+        return tf.cast(out, tf.float32)
 
     logits_fn.loaded = loaded  # keep the loaded object (and its variables) alive
     return logits_fn

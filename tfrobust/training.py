@@ -21,7 +21,7 @@ import tensorflow as tf
 from tfrobust import callbacks as callbacks_lib
 from tfrobust import data, distribute, evaluation, export, methods, models, rundir
 from tfrobust.config import TrainConfig, validate
-from tfrobust.errors import ConfigError
+from tfrobust.errors import ConfigError, RunWriteError
 from tfrobust.methods.base import AttackConfig
 from tfrobust.robust_model import RobustModel, default_eval_attack
 
@@ -107,6 +107,14 @@ def train(config: TrainConfig, extra_callbacks: Sequence[keras.callbacks.Callbac
     write_dir = distribute.worker_dir(run_dir, strategy)
     try:
         return _train(config, method, extra_callbacks, strategy, splits, steps_per_epoch, resuming, write_dir)
+    except (OSError, tf.errors.PermissionDeniedError, tf.errors.ResourceExhaustedError) as e:
+        if isinstance(e, tf.errors.ResourceExhaustedError) and not _is_disk_error(e):
+            raise  # out of memory, not a write
+        where = getattr(e, "filename", None) or run_dir
+        reason = rundir.os_error_text(e) if isinstance(e, OSError) else " ".join(e.message.split())[:200]
+        raise RunWriteError(f"writing {where!r} failed: {reason}; the last checkpoint in "
+                            f"{os.path.join(run_dir, 'checkpoints')!r} is intact: free space or fix permissions, "
+                            "then rerun the same command to continue") from None
     finally:
         if not chief:
             shutil.rmtree(write_dir, ignore_errors=True)
@@ -206,6 +214,11 @@ def _train(config: TrainConfig, method: methods.Method, extra_callbacks: Sequenc
     if chief:
         rundir.write_json(os.path.join(run_dir, rundir.SUMMARY_FILE), summary)
     return result
+
+
+def _is_disk_error(error: tf.errors.OpError) -> bool:
+    text = error.message.lower()
+    return "no space" in text or "save" in text or "write" in text
 
 
 def _validation_size(value: float) -> float | int:
