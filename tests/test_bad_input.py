@@ -214,3 +214,16 @@ def test_a_full_disk_mid_run_names_the_path_and_how_to_resume(tmp_path, monkeypa
     assert info.value.exit_code == 4 and "ckpt-2.index" in str(info.value) and "rerun the same command" in str(info.value)
     result = training.train(cfg)  # the disk has room again
     assert result.steps == 3 * 2
+
+
+def test_a_savedmodel_from_keras_model_export_evaluates(tmp_path):
+    """Keras' own `model.export()` serves the output tensor, not a dict: it is read as logits."""
+    import keras
+
+    from tfrobust import export, models
+
+    classifier = models.build_model("tiny_cnn", (8, 8, 1), 10)
+    classifier.export(str(tmp_path / "keras_export"), verbose=False)
+    x = np.random.default_rng(0).random((4, 8, 8, 1)).astype(np.float32)
+    logits = export.load_logits_fn(str(tmp_path / "keras_export"))(x)
+    np.testing.assert_allclose(logits.numpy(), keras.ops.convert_to_numpy(classifier(x)), atol=1e-5)
