@@ -17,7 +17,7 @@ from absl import app, flags, logging
 from tfrobust import cli
 
 with cli.native_stderr_captured():
-    from tfrobust import data, evaluation, export, rundir
+    from tfrobust import data, evaluation, export, files
     from tfrobust.errors import TfrobustError
 
 flags.DEFINE_string("model", None, "A training run directory, or an exported SavedModel directory.")
@@ -71,7 +71,7 @@ def main(argv: list[str]) -> None:
     savedmodel, run_config, default_out = _resolve_model(FLAGS.model)
     out = FLAGS.output_dir or default_out
     try:
-        rundir.check_output_dir(out, evaluation.REPORT_FILES, FLAGS.overwrite, what="--output_dir")
+        files.check_output_dir(out, evaluation.REPORT_FILES, FLAGS.overwrite, what="--output_dir")
     except TfrobustError as e:
         fail(e)
     eps_values = _eps_values(run_config)
@@ -94,7 +94,7 @@ def main(argv: list[str]) -> None:
     try:
         report.save(out)
     except OSError as e:
-        fail(f"writing the report to {e.filename or out!r} failed: {rundir.os_error_text(e)}", code=4)
+        fail(f"writing the report to {e.filename or out!r} failed: {files.os_error_text(e)}", code=4)
     print(report.to_markdown())
     print(f"Report: {out}/report.json, report.md, accuracy_vs_eps.png")
 

@@ -15,6 +15,7 @@ from typing import Callable
 import keras
 import tensorflow as tf
 
+from tfrobust import files
 from tfrobust.errors import TfrobustError
 
 SERVING_ENDPOINT = "serve"
@@ -39,6 +40,7 @@ def export_classifier(classifier: keras.Model, path: str) -> str:
 
     archive.add_endpoint(SERVING_ENDPOINT, serve, input_signature=[spec])
     staging = tempfile.mkdtemp(prefix=".export-", dir=parent)
+    os.chmod(staging, 0o777 & ~files.umask())  # mkdtemp makes 0700; the export follows the user's umask
     try:
         archive.write_out(staging, verbose=False)
         if os.path.exists(path):

@@ -1,5 +1,5 @@
 """The run-directory protocol: what a run directory holds, when a rerun continues it, when it is
-refused, and how its JSON files are written.
+refused, and what --overwrite may remove.
 
     config.json      the configuration (`tfrobust.config.to_json`), written first; a rerun must match it
                      except for the settings marked resumable to continue the run
@@ -13,18 +13,15 @@ Under a multi-worker strategy only the chief decides; every worker learns its ve
 
 from __future__ import annotations
 
-import errno
-import fnmatch
 import json
 import os
 import shutil
-import tempfile
 from typing import Any
 
 import tensorflow as tf
 
 from tfrobust import config as config_lib
-from tfrobust import distribute
+from tfrobust import distribute, files
 from tfrobust.config import TrainConfig
 from tfrobust.errors import ConfigError
 
@@ -37,43 +34,6 @@ FORMAT_KEY, FORMAT, FORMAT_VERSION_KEY, FORMAT_VERSION = "format", "tfrobust.run
 RUN_ENTRIES = (CONFIG_FILE, SUMMARY_FILE, "checkpoints", "logs", "savedmodel", "savedmodel_best", "evaluation",
                ".tmp-*", ".export-*", "savedmodel.old", "savedmodel_best.old")
 _STALE = (".tmp-*", ".export-*", "savedmodel.old", "savedmodel_best.old")
-
-
-def _matches(name: str, patterns: tuple[str, ...]) -> bool:
-    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
-
-
-def os_error_text(error: OSError) -> str:
-    """'Permission denied' for an OSError with an errno, else its message."""
-    return os.strerror(error.errno) if error.errno else str(error)
-
-
-def check_output_dir(path: str, owned: tuple[str, ...], overwrite: bool, what: str = "output") -> None:
-    """Refuse (ConfigError) an output directory that cannot be written or would lose a user's files.
-
-    A path naming a file, a directory holding anything not matching `owned` (the names the
-    caller writes), or one holding earlier outputs without `overwrite` is refused; nothing is
-    written here. A directory that does not exist yet needs a writable existing parent.
-    """
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise ConfigError(f"{what} directory {path!r} is an existing file; choose a directory")
-    if os.path.isdir(path):
-        entries = sorted(os.listdir(path))
-        foreign = [e for e in entries if not _matches(e, owned)]
-        if foreign:
-            shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
-            raise ConfigError(f"{what} directory {path!r} holds files tfrobust did not write ({shown}); "
-                              "choose another directory")
-        if entries and not overwrite:
-            raise ConfigError(f"{what} directory {path!r} already holds results; pass --overwrite to replace "
-                              "them, or choose another directory")
-        target = path
-    else:
-        target = os.path.dirname(os.path.abspath(path))
-        while not os.path.exists(target):
-            target = os.path.dirname(target)
-    if not os.access(target, os.W_OK | os.X_OK):
-        raise ConfigError(f"cannot write to {target!r}: {os.strerror(errno.EACCES)}")
 
 
 def _config_payload(config: TrainConfig) -> dict[str, Any]:
@@ -103,7 +63,7 @@ def read_config(run_dir: str) -> dict[str, Any] | None:
 def _remove_run(run_dir: str) -> None:
     """Remove what a run wrote in `run_dir` (RUN_ENTRIES) and nothing else."""
     for entry in os.listdir(run_dir):
-        if _matches(entry, RUN_ENTRIES):
+        if files.matches(entry, RUN_ENTRIES):
             path = os.path.join(run_dir, entry)
             shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
 
@@ -111,24 +71,9 @@ def _remove_run(run_dir: str) -> None:
 def _remove_stale(run_dir: str) -> None:
     """Temporary files a killed run left (staging of an export, half-written JSON)."""
     for entry in os.listdir(run_dir):
-        if _matches(entry, _STALE):
+        if files.matches(entry, _STALE):
             path = os.path.join(run_dir, entry)
             shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.remove(path)
-
-
-def write_json(path: str, payload: Any) -> None:
-    """Write JSON atomically (temporary file in the same directory, then rename)."""
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(path) or ".")
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a run's files follow the user's umask
-    with os.fdopen(fd, "w") as f:
-        json.dump(payload, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _changed_settings(saved: dict[str, Any], config: TrainConfig) -> list[str]:
@@ -155,7 +100,8 @@ def prepare(config: TrainConfig) -> bool:
     try:
         return _prepare(config, run_dir, config_path)
     except OSError as e:
-        raise ConfigError(f"cannot write the run directory {e.filename or run_dir!r}: {os_error_text(e)}") from None
+        where = e.filename or run_dir
+        raise ConfigError(f"cannot write the run directory {where!r}: {files.os_error_text(e)}") from None
 
 
 def _prepare(config: TrainConfig, run_dir: str, config_path: str) -> bool:
@@ -165,12 +111,13 @@ def _prepare(config: TrainConfig, run_dir: str, config_path: str) -> bool:
             raise ConfigError(f"output directory {run_dir!r} exists, is not empty and holds no tfrobust run; "
                               "choose another --output_dir")
         if config.overwrite:
-            check_output_dir(run_dir, RUN_ENTRIES, overwrite=True, what="run")
+            files.check_output_dir(run_dir, RUN_ENTRIES, overwrite=True, what="run")
             _remove_run(run_dir)
         else:
             changed = _changed_settings(saved, config)
             if os.path.exists(os.path.join(run_dir, SUMMARY_FILE)) and saved.get("epochs") == config.epochs:
-                raise ConfigError(f"{run_dir!r} holds a finished run; pass --overwrite to replace it, or another --output_dir")
+                raise ConfigError(f"{run_dir!r} holds a finished run; pass --overwrite to replace it, "
+                                  "or another --output_dir")
             if changed:
                 raise ConfigError(f"{run_dir!r} holds a run with different {', '.join(changed)}; "
                                   "pass --overwrite to replace it, or another --output_dir")
@@ -178,10 +125,10 @@ def _prepare(config: TrainConfig, run_dir: str, config_path: str) -> bool:
                 raise ConfigError(f"{run_dir!r} holds an unfinished run and --noresume was given; "
                                   "pass --overwrite to replace it")
             _remove_stale(run_dir)
-            write_json(config_path, _config_payload(config))
+            files.write_json(config_path, _config_payload(config))
             return True
     os.makedirs(run_dir, exist_ok=True)
-    write_json(config_path, _config_payload(config))
+    files.write_json(config_path, _config_payload(config))
     return False
 
 

@@ -19,7 +19,7 @@ import keras
 import tensorflow as tf
 
 from tfrobust import callbacks as callbacks_lib
-from tfrobust import data, distribute, evaluation, export, methods, models, rundir
+from tfrobust import data, distribute, evaluation, export, files, methods, models, rundir
 from tfrobust.config import TrainConfig, validate
 from tfrobust.errors import ConfigError, RunWriteError
 from tfrobust.methods.base import AttackConfig
@@ -111,7 +111,7 @@ def train(config: TrainConfig, extra_callbacks: Sequence[keras.callbacks.Callbac
         if isinstance(e, tf.errors.ResourceExhaustedError) and not _is_disk_error(e):
             raise  # out of memory, not a write
         where = getattr(e, "filename", None) or run_dir
-        reason = rundir.os_error_text(e) if isinstance(e, OSError) else " ".join(e.message.split())[:200]
+        reason = files.os_error_text(e) if isinstance(e, OSError) else " ".join(e.message.split())[:200]
         raise RunWriteError(f"writing {where!r} failed: {reason}; the last checkpoint in "
                             f"{os.path.join(run_dir, 'checkpoints')!r} is intact: free space or fix permissions, "
                             "then rerun the same command to continue") from None
@@ -212,7 +212,7 @@ def _train(config: TrainConfig, method: methods.Method, extra_callbacks: Sequenc
     summary = dataclasses.asdict(result)
     summary["eval_attack"] = dataclasses.asdict(robust.eval_attack)
     if chief:
-        rundir.write_json(os.path.join(run_dir, rundir.SUMMARY_FILE), summary)
+        files.write_json(os.path.join(run_dir, rundir.SUMMARY_FILE), summary)
     return result
 
 
