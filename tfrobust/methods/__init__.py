@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
-from tfrobust.methods.base import AttackConfig, Differentiate, LossOutput, Method, StepContext
+from tfrobust.methods.base import BN_MODES, AttackConfig, Differentiate, LossOutput, Method, StepContext
 from tfrobust.methods.atent import Atent
 from tfrobust.methods.mart import Mart
 from tfrobust.methods.mimae import Mimae
@@ -34,5 +34,5 @@ def build(name: str, attack: AttackConfig, options: Mapping[str, Any] | None = N
     return cls(attack=attack, **{k: v for k, v in (options or {}).items() if k in wanted})
 
 
-__all__ = ["AttackConfig", "Differentiate", "LossOutput", "Method", "REGISTRY", "StepContext",
+__all__ = ["BN_MODES", "AttackConfig", "Differentiate", "LossOutput", "Method", "REGISTRY", "StepContext",
            "build", "get", "hyperparameters"]
