@@ -13,9 +13,7 @@ import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from tfrobust import losses  # noqa: E402
-from tfrobust.attacks import apgd, apgd_targeted, fgsm, input_gradient, pgd, square  # noqa: E402
-from tfrobust.attacks.apgd import apgd_run, checkpoints  # noqa: E402
-from tfrobust.attacks.square import p_selection  # noqa: E402
+from tfrobust.attacks import apgd, gradients, objectives, pgd, square  # noqa: E402
 from tfrobust.evaluation import AttackSpec, attack_function  # noqa: E402
 
 from conftest import digits_arrays  # noqa: E402
@@ -50,27 +48,27 @@ def test_checkpoints_follow_the_paper_recursion():
     p = [0.0, 0.22]
     while p[-1] + max(p[-1] - p[-2] - 0.03, 0.06) <= 1.0 + 1e-9:
         p.append(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06))
-    assert checkpoints(100) == [round(100 * q) for q in p[1:]]
-    assert checkpoints(100) == [22, 41, 57, 70, 80, 87, 93, 99]
-    assert checkpoints(10) == [2, 3, 4, 5, 6, 7, 8, 9, 10]  # intervals of at least one step
+    assert apgd.checkpoints(100) == [round(100 * q) for q in p[1:]]
+    assert apgd.checkpoints(100) == [22, 41, 57, 70, 80, 87, 93, 99]
+    assert apgd.checkpoints(10) == [2, 3, 4, 5, 6, 7, 8, 9, 10]  # intervals of at least one step
 
 
 def test_dlr_losses_match_their_formulas_and_are_scale_invariant():
     logits = tf.constant([[4.0, 1.0, 3.0, 0.0, -1.0], [0.0, 5.0, 2.0, 1.0, 0.5]])
     labels = tf.constant([0, 0])
     # example 0: correct, sorted 4, 3, 1, 0: -(4 - 3) / (4 - 1); example 1: wrong, -(0 - 5) / (5 - 1)
-    np.testing.assert_allclose(losses.dlr(logits, labels).numpy(), [-1 / 3, 5 / 4], rtol=1e-5)
+    np.testing.assert_allclose(objectives.dlr(logits, labels).numpy(), [-1 / 3, 5 / 4], rtol=1e-5)
     targets = tf.constant([3, 2])
     # -(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2)
     expected = [-(4 - 0) / (4 - (1 + 0) / 2), -(0 - 2) / (5 - (1 + 0.5) / 2)]
-    np.testing.assert_allclose(losses.dlr_targeted(logits, labels, targets).numpy(), expected, rtol=1e-5)
-    for fn in (lambda z: losses.dlr(z, labels), lambda z: losses.dlr_targeted(z, labels, targets)):
+    np.testing.assert_allclose(objectives.dlr_targeted(logits, labels, targets).numpy(), expected, rtol=1e-5)
+    for fn in (lambda z: objectives.dlr(z, labels), lambda z: objectives.dlr_targeted(z, labels, targets)):
         np.testing.assert_allclose(fn(7.0 * logits + 3.0).numpy(), fn(logits).numpy(), rtol=1e-4)
 
 
 def test_square_p_schedule_is_the_published_one():
     def p(i, n):
-        return float(p_selection(0.8, tf.constant(i), n))
+        return float(square.p_selection(0.8, tf.constant(i), n))
 
     assert p(0, 10000) == pytest.approx(0.8)
     assert p(10, 10000) == pytest.approx(0.8)
@@ -86,11 +84,11 @@ def test_bad_arguments_are_rejected():
     y = tf.constant([0, 1])
     three_classes = lambda z: tf.reshape(z, [2, -1])[:, :3]  # noqa: E731
     with pytest.raises(ValueError, match="4 classes"):
-        apgd_targeted(three_classes, x, y, eps=0.1, steps=2)
+        apgd.apgd_targeted(three_classes, x, y, eps=0.1, steps=2)
     with pytest.raises(ValueError, match="linf"):
-        square(three_classes, x, y, eps=0.1, norm="l2")
+        square.square(three_classes, x, y, eps=0.1, norm="l2")
     with pytest.raises(ValueError, match="loss"):
-        apgd(three_classes, x, y, eps=0.1, loss="kl")
+        apgd.apgd(three_classes, x, y, eps=0.1, loss="kl")
 
 
 # --- on the trained digits model ------------------------------------------------------------
@@ -104,9 +102,9 @@ def test_model_is_a_reasonable_classifier(digits):
 @pytest.mark.parametrize("eps", [0.12, 0.15])
 def test_apgd_ce_finds_at_least_as_many_errors_as_pgd20(digits, eps):
     _, logits_fn, x, y = digits
-    x_pgd = compiled(pgd, logits_fn, x, y, eps=eps, step_size=2.5 * eps / 20, steps=20, seed=1,
+    x_pgd = compiled(pgd.pgd, logits_fn, x, y, eps=eps, step_size=2.5 * eps / 20, steps=20, seed=1,
                      keep_best=True)
-    x_apgd = compiled(apgd, logits_fn, x, y, eps=eps, steps=100, seed=1)
+    x_apgd = compiled(apgd.apgd, logits_fn, x, y, eps=eps, steps=100, seed=1)
     print(f"eps {eps}: errors clean {n_errors(logits_fn, x, y)}, pgd-20 {n_errors(logits_fn, x_pgd, y)}, "
           f"apgd-ce-100 {n_errors(logits_fn, x_apgd, y)}")
     assert n_errors(logits_fn, x_apgd, y) >= n_errors(logits_fn, x_pgd, y) > n_errors(logits_fn, x, y)
@@ -140,10 +138,10 @@ def test_seeds_repeat_and_differ(digits):
     _, logits_fn, x, y = digits
     x, y = x[:64], y[:64]
     runs = {  # one trace each, the seed is a tensor argument
-        "apgd": tf.function(lambda s: apgd(logits_fn, x, y, eps=0.1, steps=8, seed=s)),
-        "apgd_t": tf.function(lambda s: apgd_targeted(logits_fn, x, y, eps=0.1, steps=5,
-                                                      n_target_classes=2, seed=s)),
-        "square": tf.function(lambda s: square(logits_fn, x, y, eps=0.1, n_queries=30, seed=s)),
+        "apgd": tf.function(lambda s: apgd.apgd(logits_fn, x, y, eps=0.1, steps=8, seed=s)),
+        "apgd_t": tf.function(lambda s: apgd.apgd_targeted(logits_fn, x, y, eps=0.1, steps=5,
+                                                           n_target_classes=2, seed=s)),
+        "square": tf.function(lambda s: square.square(logits_fn, x, y, eps=0.1, n_queries=30, seed=s)),
     }
     for name, run in runs.items():
         a, b, c = (run(tf.constant(s, tf.int64)).numpy() for s in (7, 7, 8))
@@ -154,7 +152,7 @@ def test_seeds_repeat_and_differ(digits):
 def test_apgd_traces_once_for_all_eps_values(digits):
     _, logits_fn, x, y = digits
     x, y = x[:32], y[:32]
-    fn = tf.function(lambda a, b, e: apgd(logits_fn, a, b, eps=e, steps=5, seed=0))
+    fn = tf.function(lambda a, b, e: apgd.apgd(logits_fn, a, b, eps=e, steps=5, seed=0))
     for eps in (0.05, 0.1, 0.2):
         fn(x, y, tf.constant(eps))
     assert fn.experimental_get_tracing_count() == 1
@@ -179,9 +177,9 @@ def test_attacks_work_only_on_examples_not_yet_fooled(digits, attack):
     _, logits_fn, x, y = digits
     counted, rows = _counting(logits_fn)
     attacks = {
-        "apgd_ce": functools.partial(apgd, eps=0.1, steps=10, restarts=3),
-        "apgd_t": functools.partial(apgd_targeted, eps=0.1, steps=10, n_target_classes=4),
-        "square": functools.partial(square, eps=0.15, n_queries=200),
+        "apgd_ce": functools.partial(apgd.apgd, eps=0.1, steps=10, restarts=3),
+        "apgd_t": functools.partial(apgd.apgd_targeted, eps=0.1, steps=10, n_target_classes=4),
+        "square": functools.partial(square.square, eps=0.15, n_queries=200),
     }
     seen, errors = {}, {}
     for compact in (True, False):
@@ -200,7 +198,7 @@ def test_attacks_work_only_on_examples_not_yet_fooled(digits, attack):
 def test_apgd_run_returns_a_misclassified_point_or_its_best_loss_point(digits):
     _, logits_fn, x, y = digits
     eps = 0.08
-    x_out, fooled, best = tf.function(lambda a, b: apgd_run(
+    x_out, fooled, best = tf.function(lambda a, b: apgd.apgd_run(
         logits_fn, a, b, eps=tf.constant(eps), steps=30, norm="linf",
         objective=losses.cross_entropy, seed=tf.constant([1, 2], tf.int64)))(x, y)
     logits = logits_fn(x_out)
@@ -221,12 +219,12 @@ def test_square_breaks_scaled_logits_that_mask_gradients(digits):
     scaled = lambda z: 1e4 * logits_fn(z)  # noqa: E731
     eps = 0.15
     clean = accuracy(logits_fn, x, y)
-    acc_pgd = accuracy(scaled, compiled(pgd, scaled, x, y, eps=eps, step_size=eps / 8, steps=20,
+    acc_pgd = accuracy(scaled, compiled(pgd.pgd, scaled, x, y, eps=eps, step_size=eps / 8, steps=20,
                                         seed=0, keep_best=True), y)
-    acc_square = accuracy(scaled, compiled(square, scaled, x, y, eps=eps, n_queries=300, seed=0), y)
-    acc_apgd_t = accuracy(scaled, compiled(apgd_targeted, scaled, x, y, eps=eps, steps=20,
+    acc_square = accuracy(scaled, compiled(square.square, scaled, x, y, eps=eps, n_queries=300, seed=0), y)
+    acc_apgd_t = accuracy(scaled, compiled(apgd.apgd_targeted, scaled, x, y, eps=eps, steps=20,
                                            n_target_classes=3, seed=0), y)
-    acc_apgd_t_plain = accuracy(logits_fn, compiled(apgd_targeted, logits_fn, x, y, eps=eps, steps=20,
+    acc_apgd_t_plain = accuracy(logits_fn, compiled(apgd.apgd_targeted, logits_fn, x, y, eps=eps, steps=20,
                                                     n_target_classes=3, seed=0), y)
     print(f"clean {clean:.3f} pgd {acc_pgd:.3f} square {acc_square:.3f} apgd_t {acc_apgd_t:.3f} "
           f"(unscaled {acc_apgd_t_plain:.3f})")
@@ -241,18 +239,19 @@ def test_zero_gradient_models_do_not_crash_the_attacks(digits):
     _, logits_fn, x, y = digits
     x, y = x[:32], y[:32]
     rounded = lambda z: logits_fn(tf.round(z * 4.0) / 4.0)  # noqa: E731
-    grad, _, _ = input_gradient(rounded, losses.cross_entropy, x, y)
+    grad, _, _ = gradients.input_gradient(rounded, losses.cross_entropy, x, y)
     assert grad is not None and float(tf.reduce_max(tf.abs(grad))) == 0.0
-    for x_adv in (fgsm(rounded, x, y, eps=0.1),
-                  pgd(rounded, x, y, eps=0.1, step_size=0.02, steps=3, seed=0),
-                  apgd(rounded, x, y, eps=0.1, steps=5, seed=0),
-                  apgd(rounded, x, y, eps=0.5, norm="l2", steps=5, seed=0)):
+    for x_adv in (pgd.fgsm(rounded, x, y, eps=0.1),
+                  pgd.pgd(rounded, x, y, eps=0.1, step_size=0.02, steps=3, seed=0),
+                  apgd.apgd(rounded, x, y, eps=0.1, steps=5, seed=0),
+                  apgd.apgd(rounded, x, y, eps=0.5, norm="l2", steps=5, seed=0)):
         assert np.all(np.isfinite(x_adv.numpy()))
 
 
-def test_step_size_halving_converges_to_an_interior_maximum():
-    """A one-pixel toy whose objective peaks inside the ball: fixed steps of 2 eps only bounce
-    between the ball's faces, so only the halving (and restart from the best point) gets close."""
+def _interior_peak_run() -> np.ndarray:
+    """APGD (100 steps, l-inf eps 0.2) on a one-pixel toy whose objective peaks inside the ball at
+    0.56 (the start is 0.5): fixed steps of 2 eps only bounce between the ball's faces, so only the
+    halving (and restart from the best point) gets close. Returns |x' - peak| per example."""
     peak, eps = 0.56, 0.2
     x = tf.fill([64, 1, 1, 1], 0.5)
     y = tf.ones([64], tf.int32)
@@ -261,9 +260,30 @@ def test_step_size_halving_converges_to_an_interior_maximum():
         z0 = -100.0 * tf.square(tf.reshape(z, [-1]) - peak)
         return tf.stack([z0, tf.zeros_like(z0)], axis=1)
 
-    x_out, fooled, _ = tf.function(lambda: apgd_run(
+    x_out, fooled, _ = tf.function(lambda: apgd.apgd_run(
         logits_fn, x, y, eps=tf.constant(eps), steps=100, norm="linf",
         objective=losses.cross_entropy, seed=tf.constant([5, 6], tf.int64)))()
     assert not fooled.numpy().any()
+    return np.abs(x_out.numpy() - peak).ravel()
+
+
+def test_step_size_halving_converges_to_an_interior_maximum():
     # measured: 4e-4 with the schedule, 2e-2 with the step size frozen at 2 eps
-    assert np.abs(x_out.numpy() - peak).max() < 0.002
+    assert _interior_peak_run().max() < 0.002
+
+
+def test_apgd_run_halves_its_step_size_at_the_checkpoints_function_gives(monkeypatch):
+    """apgd_run takes its halving points from `checkpoints` (the function the recursion test
+    checks), not from a copy of the schedule: replacing it changes the attack."""
+    reference = apgd.checkpoints(100)
+    unpatched = _interior_peak_run()
+    asked, errors = [], {}
+    for name, points in (("none", []), ("first only", reference[:1]), ("reference", reference)):
+        monkeypatch.setattr(apgd, "checkpoints", lambda steps, p=points: asked.append(steps) or list(p))
+        errors[name] = _interior_peak_run()
+    assert asked == [100, 100, 100]
+    np.testing.assert_array_equal(errors["reference"], unpatched)
+    # measured max |x' - peak|: none 2.0e-2 (the step stays 2 eps), first only 1.0e-2, reference 4e-4
+    assert errors["none"].max() > 0.01
+    assert errors["first only"].max() < 0.75 * errors["none"].max()
+    assert errors["reference"].max() < 0.1 * errors["first only"].max()

@@ -162,7 +162,7 @@ def test_accumulated_gradients_equal_the_all_graphs_gradients(projection):
 
     @tf.function
     def accumulated():
-        ctx = StepContext(model, seed, attack_training=False)
+        ctx = StepContext(model, seed)
         out, grads, x_last = method.gradients(ctx, x, y, rm._differentiate)
         return vars(out), grads, x_last
 

@@ -14,6 +14,7 @@ import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from tfrobust import losses  # noqa: E402
+from tfrobust.attacks import objectives  # noqa: E402
 
 K = 4  # classes
 D = 3  # input features of the tiny Dense model
@@ -140,7 +141,7 @@ def test_cross_entropy_and_margin_match_reference():
                                np_ce(z, Y), rtol=1e-5, atol=1e-6)
     wrong = z.copy()
     wrong[np.arange(B), Y] = -np.inf
-    np.testing.assert_allclose(losses.margin(tf.constant(z, tf.float32), Y).numpy(),
+    np.testing.assert_allclose(objectives.margin(tf.constant(z, tf.float32), Y).numpy(),
                                wrong.max(-1) - z[np.arange(B), Y], rtol=1e-5, atol=1e-6)
 
 

@@ -51,6 +51,39 @@ def test_registry_and_hyperparameters():
     assert method.beta == 2.0 and method.attack == ATTACK
 
 
+def test_attacks_run_the_model_in_the_attack_configs_bn_mode():
+    """`AttackConfig.bn_mode` alone decides the model's mode while attacking: the attack's logits
+    are the model's in that mode, and PGD-AT's training attack differs between the two."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input(SHAPE)
+    h = keras.layers.BatchNormalization()(keras.layers.Conv2D(4, 3, padding="same")(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(CLASSES)(keras.layers.Flatten()(h)))
+    x, y = batch(0)
+    x = tf.constant(x + 0.5)  # batch statistics far from the initial moving ones
+    ctx = StepContext(model, tf.constant([3, 4], tf.int64))
+    x_adv = {}
+    for mode in methods.BN_MODES:
+        attack = AttackConfig(eps=0.1, step_size=0.04, steps=3, bn_mode=mode)
+        np.testing.assert_allclose(ctx.attack_logits_fn(attack)(x).numpy(),
+                                   model(x, training=mode == "train").numpy(), rtol=1e-5, atol=1e-6)
+        x_adv[mode] = build("pgd_at", attack).attack_inputs(ctx, x, y).numpy()
+    assert not np.allclose(model(x, training=True).numpy(), model(x, training=False).numpy(), atol=1e-2)
+    assert not np.allclose(x_adv["train"], x_adv["eval"])
+    with pytest.raises(ValueError, match="bn_mode"):
+        AttackConfig(bn_mode="auto")
+
+
+def test_attack_bn_mode_auto_takes_the_methods_reference_mode():
+    from tfrobust import training
+
+    def mode(method, flag):
+        return training.attack_config(training.TrainConfig(method=method, attack_bn_mode=flag)).bn_mode
+
+    assert {name: mode(name, "auto") for name in ("standard", "pgd_at", "trades", "mart", "mimae", "atent")} == {
+        "standard": "eval", "pgd_at": "train", "trades": "eval", "mart": "eval", "mimae": "eval", "atent": "train"}
+    assert mode("pgd_at", "eval") == "eval" and mode("trades", "train") == "train"
+
+
 # (method, options, the total loss from the logged terms)
 FIT_CASES = {
     "trades": ({"beta": 3.0}, lambda m: m["natural"] + 3.0 * m["robust"]),

@@ -19,7 +19,6 @@ from tfrobust.settings import setting
 OPTIMIZERS = ("sgd", "adam")
 LR_SCHEDULES = ("constant", "piecewise", "cosine")
 MIXED_PRECISION = ("none", "mixed_float16", "mixed_bfloat16")
-ATTACK_BN_MODES = ("auto", "train", "eval")
 NORMS = ("linf", "l2")
 VERBOSITY = (0, 1, 2)
 # Attacks longer than this are almost always a typo; --allow_expensive lets them run.
@@ -29,6 +28,11 @@ EXPENSIVE_ATTACK_STEPS = 1000
 def _method_names() -> list[str]:
     from tfrobust import methods
     return sorted(methods.REGISTRY)
+
+
+def _attack_bn_modes() -> tuple[str, ...]:
+    from tfrobust import methods
+    return ("auto", *methods.BN_MODES)
 
 
 def _model_names() -> tuple[str, ...]:
@@ -85,7 +89,7 @@ class TrainConfig:
     attack_steps: int = setting(10, "Training attack steps (ATENT: Langevin steps).", low=0)
     norm: str = setting("linf", "Threat model norm.", choices=NORMS)
     attack_bn_mode: str = setting("auto", "Batch-norm/dropout mode while attacking in training; auto: the "
-                                  "method's reference.", choices=ATTACK_BN_MODES)
+                                  "method's reference.", choices=_attack_bn_modes)
     eps_warmup_epochs: float = setting(0.0, "Ramp the training attack's eps and step size linearly from 0 to "
                                        "--eps over this many epochs (0: no ramp). Evaluation uses the full eps.",
                                        low=0)

@@ -31,7 +31,7 @@ import math
 import os
 import time
 import zlib
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import keras
 import numpy as np
@@ -39,12 +39,8 @@ import tensorflow as tf
 
 from tfrobust.errors import TfrobustError
 from tfrobust import rng
-from tfrobust.attacks.apgd import apgd, apgd_targeted
-from tfrobust.attacks import gradient as gradient_lib
-from tfrobust.attacks import objectives as objectives_lib
-from tfrobust.attacks.square import square
-
-LogitsFn = Callable[[tf.Tensor], tf.Tensor]
+from tfrobust.attacks import apgd, ball, objectives, pgd, square, subbatch
+from tfrobust.attacks.objectives import LogitsFn
 
 ATTACK_NAMES = ("fgsm", "pgd", "pgd_margin", "apgd_ce", "apgd_t", "square", "cleverhans_pgd")
 DEFAULT_STEPS = {"fgsm": 1, "pgd": 20, "pgd_margin": 20, "apgd_ce": 100, "apgd_t": 100,
@@ -178,7 +174,7 @@ def _with_restarts(single, logits_fn, x, y, restarts: int, seed):
     """Python-unrolled restarts of `single(seed)`, keeping a misclassified result per example."""
     best = single(seed)
     for r in range(1, restarts):
-        fooled = gradient_lib.misclassified(logits_fn(best), y)
+        fooled = subbatch.misclassified(logits_fn(best), y)
         new = single(rng.fold_in(seed, r))
         best = tf.where(tf.reshape(fooled, [-1] + [1] * (x.shape.rank - 1)), best, new)
     return best
@@ -192,7 +188,7 @@ def attack_function(spec: AttackSpec, logits_fn: LogitsFn, norm: str,
     For 'cleverhans_pgd' eps must be a Python number. `compact`: APGD and Square attack only the
     examples not yet misclassified, on sub-batches of dynamic size (False for XLA; see `apgd._runs`).
     """
-    gradient_lib.check_norm(norm)
+    ball.check_norm(norm)
     if spec.name in LINF_ONLY and norm != "linf":
         raise EvaluationError(f"{spec.name} supports only norm='linf'")
     steps, restarts = spec.resolved_steps, int(spec.restarts)
@@ -202,29 +198,29 @@ def attack_function(spec: AttackSpec, logits_fn: LogitsFn, norm: str,
         return spec.step_size if spec.step_size is not None else 2.5 * eps / steps
 
     if spec.name == "fgsm":
-        return lambda x, y, eps, seed: gradient_lib.fgsm(logits_fn, x, y, eps=eps, norm=norm, **clip)
+        return lambda x, y, eps, seed: pgd.fgsm(logits_fn, x, y, eps=eps, norm=norm, **clip)
     if spec.name in ("pgd", "pgd_margin"):
-        objective = objectives_lib.cross_entropy if spec.name == "pgd" else objectives_lib.margin
+        objective = objectives.cross_entropy if spec.name == "pgd" else objectives.margin
         start = "uniform" if spec.resolved_random_start else "none"
 
         def run_pgd(x, y, eps, seed):
             def single(s):
-                return gradient_lib.pgd(logits_fn, x, y, eps=eps, step_size=step_for(eps),
-                                        steps=steps, norm=norm, objective=objective, start=start,
-                                        seed=s, keep_best=True, **clip)
+                return pgd.pgd(logits_fn, x, y, eps=eps, step_size=step_for(eps),
+                               steps=steps, norm=norm, objective=objective, start=start,
+                               seed=s, keep_best=True, **clip)
             return _with_restarts(single, logits_fn, x, y, restarts, seed)
 
         return run_pgd
     if spec.name == "apgd_ce":
-        return lambda x, y, eps, seed: apgd(
+        return lambda x, y, eps, seed: apgd.apgd(
             logits_fn, x, y, eps=eps, norm=norm, loss="ce", steps=steps, restarts=restarts,
             seed=seed, compact=compact, **clip)
     if spec.name == "apgd_t":
-        return lambda x, y, eps, seed: apgd_targeted(
+        return lambda x, y, eps, seed: apgd.apgd_targeted(
             logits_fn, x, y, eps=eps, norm=norm, steps=steps, restarts=restarts,
             n_target_classes=spec.n_target_classes, seed=seed, compact=compact, **clip)
     if spec.name == "square":
-        return lambda x, y, eps, seed: square(
+        return lambda x, y, eps, seed: square.square(
             logits_fn, x, y, eps=eps, norm=norm, n_queries=steps, p_init=spec.p_init,
             restarts=restarts, seed=seed, compact=compact, **clip)
     if spec.name == "cleverhans_pgd":
@@ -794,7 +790,7 @@ def robust_accuracy(
       keep_adversarial: keep the adversarial examples in `report.adversarial`.
       verbose: show a keras Progbar over batches.
     """
-    gradient_lib.check_norm(norm)
+    ball.check_norm(norm)
     eps_values = [float(e) for e in eps_values]
     if not eps_values or any(not e > 0 or math.isinf(e) for e in eps_values):
         raise EvaluationError(f"eps_values must be positive and finite, got {eps_values}")

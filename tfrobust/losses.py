@@ -28,18 +28,9 @@ def kl_divergence(p_logits: tf.Tensor, q_logits: tf.Tensor) -> tf.Tensor:
     return tf.reduce_sum(tf.exp(log_p) * (log_p - log_q), axis=-1)
 
 
-def _true_class_mask(labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
+def true_class_mask(labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
     """[B, K] boolean mask of the true class (tf.one_hot cannot make booleans directly)."""
     return tf.one_hot(tf.cast(labels, tf.int32), tf.shape(logits)[-1]) > 0.5
-
-
-def margin(logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
-    """Carlini-Wagner margin max_{k != y} z_k - z_y per example (positive when misclassified)."""
-    logits = tf.cast(logits, tf.float32)
-    true_mask = _true_class_mask(labels, logits)
-    true_logit = tf.reduce_sum(tf.where(true_mask, logits, 0.0), axis=-1)
-    other_best = tf.reduce_max(tf.where(true_mask, -float("inf"), logits), axis=-1)
-    return other_best - true_logit
 
 
 def mart_boosted_cross_entropy(adv_logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
@@ -48,7 +39,7 @@ def mart_boosted_cross_entropy(adv_logits: tf.Tensor, labels: tf.Tensor) -> tf.T
     The constants 1.0001 and 1e-12 are the reference implementation's guards against log(0).
     """
     adv_probs = tf.nn.softmax(tf.cast(adv_logits, tf.float32))
-    true_mask = _true_class_mask(labels, adv_probs)
+    true_mask = true_class_mask(labels, adv_probs)
     best_wrong = tf.reduce_max(tf.where(true_mask, -1.0, adv_probs), axis=-1)
     return cross_entropy(adv_logits, labels) - tf.math.log(1.0001 - best_wrong + 1e-12)
 
@@ -89,34 +80,3 @@ def mutual_information(joint: tf.Tensor, symmetric: bool = True, floor: float = 
     row = tf.reduce_sum(joint, axis=1, keepdims=True)
     col = tf.reduce_sum(joint, axis=0, keepdims=True)
     return tf.reduce_sum(joint * (tf.math.log(joint) - tf.math.log(row) - tf.math.log(col)))
-
-
-def _sorted_logits(logits: tf.Tensor, count: int) -> tf.Tensor:
-    """The `count` largest logits per example, largest first (shape [B, count])."""
-    return tf.math.top_k(tf.cast(logits, tf.float32), k=count, sorted=True).values
-
-
-def dlr(logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
-    """Difference of logits ratio (Croce & Hein 2020, eq. 6), the quantity an attack maximizes.
-
-    -(z_y - max_{i != y} z_i) / (z_pi1 - z_pi3 + 1e-12) with z_pi the logits sorted in decreasing
-    order; positive when misclassified, invariant to shifting and rescaling the logits. Needs at
-    least 3 classes.
-    """
-    logits = tf.cast(logits, tf.float32)
-    top = _sorted_logits(logits, 3)
-    return margin(logits, labels) / (top[:, 0] - top[:, 2] + 1e-12)
-
-
-def dlr_targeted(logits: tf.Tensor, labels: tf.Tensor, targets: tf.Tensor) -> tf.Tensor:
-    """Targeted DLR (Croce & Hein 2020, eq. 7), maximized by APGD-T.
-
-    -(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2 + 1e-12) for the target class t. Needs at least
-    4 classes.
-    """
-    logits = tf.cast(logits, tf.float32)
-    top = _sorted_logits(logits, 4)
-    true_logit = tf.gather(logits, tf.cast(labels, tf.int32), batch_dims=1)
-    target_logit = tf.gather(logits, tf.cast(targets, tf.int32), batch_dims=1)
-    scale = top[:, 0] - 0.5 * (top[:, 2] + top[:, 3]) + 1e-12
-    return -(true_logit - target_logit) / scale

@@ -15,7 +15,7 @@ import keras
 import tensorflow as tf
 
 from tfrobust import distribute, losses, rng
-from tfrobust.attacks import gradient as pgd_lib
+from tfrobust.attacks import pgd
 from tfrobust.methods.base import AttackConfig, LossOutput, Method, StepContext
 
 
@@ -27,7 +27,7 @@ def _num_replicas() -> int:
 def default_eval_attack(attack: AttackConfig, steps: int = 20) -> AttackConfig:
     """PGD-`steps` in the training threat model, step 2.5 eps / steps (Madry et al.), eval mode."""
     step = 2.5 * attack.eps / steps if steps else 0.0
-    return AttackConfig(eps=attack.eps, step_size=step, steps=steps, norm=attack.norm, bn_training=False)
+    return AttackConfig(eps=attack.eps, step_size=step, steps=steps, norm=attack.norm, bn_mode="eval")
 
 
 def _step_logs(metrics) -> dict[str, tf.Tensor]:
@@ -139,7 +139,7 @@ class RobustModel(keras.Model):
     def train_step(self, data):
         self.train_step_traces += 1
         x, y = data[0], data[1]
-        ctx = StepContext(self.classifier, self.step_seed(), self.method.attack.bn_training, self.budget_scale())
+        ctx = StepContext(self.classifier, self.step_seed(), self.budget_scale())
         out, grads, _ = self.method.gradients(ctx, x, y, self._differentiate)
         self.optimizer.apply_gradients(zip(grads, self.classifier.trainable_variables))
 
@@ -172,8 +172,8 @@ class RobustModel(keras.Model):
     def adversarial_examples(self, x: tf.Tensor, y: tf.Tensor, seed: int | tf.Tensor = 0) -> tf.Tensor:
         """PGD examples of `eval_attack` against the classifier in inference mode."""
         a = self.eval_attack
-        return pgd_lib.pgd(self._eval_logits, x, y, eps=a.eps, step_size=a.step_size, steps=a.steps,
-                           norm=a.norm, start="uniform", seed=seed)
+        return pgd.pgd(self._eval_logits, x, y, eps=a.eps, step_size=a.step_size, steps=a.steps,
+                       norm=a.norm, start="uniform", seed=seed)
 
     def test_step(self, data):
         x, y = data[0], data[1]

@@ -65,12 +65,11 @@ def build_optimizer(config: TrainConfig, steps_per_epoch: int) -> keras.optimize
 
 def attack_config(config: TrainConfig) -> AttackConfig:
     """The training attack; batch-norm mode 'auto' takes the method's reference mode."""
-    if config.attack_bn_mode == "auto":
-        bn_training = getattr(methods.get(config.method), "reference_attack_bn_training", False)
-    else:
-        bn_training = config.attack_bn_mode == "train"
+    bn_mode = config.attack_bn_mode
+    if bn_mode == "auto":
+        bn_mode = methods.get(config.method).reference_bn_mode
     return AttackConfig(eps=config.eps, step_size=config.step_size, steps=config.attack_steps,
-                        norm=config.norm, bn_training=bn_training)
+                        norm=config.norm, bn_mode=bn_mode)
 
 
 def _verbosity(config: TrainConfig) -> int | str:

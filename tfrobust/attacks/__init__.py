@@ -1,15 +1,14 @@
-"""Attacks: pure, traceable functions of `(logits_fn, x, y, ...)` returning adversarial inputs."""
+"""Attacks: pure, traceable functions of `(logits_fn, x, y, ...)` returning adversarial inputs.
 
-from tfrobust.attacks import objectives
-from tfrobust.attacks.gradient import NORMS, RANDOM_STARTS, fgsm, input_gradient, pgd, project
-from tfrobust.attacks.langevin import langevin_start, langevin_step
+The package is a namespace of modules; import the module and call its functions
+(`from tfrobust.attacks import apgd` then `apgd.apgd(...)`):
 
-__all__ = ["NORMS", "RANDOM_STARTS", "fgsm", "input_gradient", "langevin_start", "langevin_step",
-           "objectives", "pgd", "project"]
-
-# The functions shadow their modules' names as package attributes; import module contents with
-# `from tfrobust.attacks.apgd import ...` (that goes through sys.modules and still works).
-from tfrobust.attacks.apgd import apgd, apgd_targeted  # noqa: E402
-from tfrobust.attacks.square import square  # noqa: E402
-
-__all__ += ["apgd", "apgd_targeted", "square"]
+    ball        the threat model: norms, projection onto the eps ball, ascent directions, random starts
+    objectives  what an attack maximizes (CE, margin, DLR, targeted DLR, TRADES' KL) and `LogitsFn`
+    gradients   the input gradient, with its per-example rescale under mixed float16
+    subbatch    misclassified examples, and gathering/scattering the examples still attacked
+    pgd         PGD and FGSM
+    apgd        Auto-PGD: APGD-CE, APGD-DLR and APGD-T
+    square      the Square attack (score-based, no gradients)
+    langevin    ATENT's Langevin step and start
+"""

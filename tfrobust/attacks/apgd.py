@@ -1,15 +1,15 @@
 """Auto-PGD (Croce & Hein 2020, "Reliable evaluation of adversarial robustness with an ensemble of
 diverse parameter-free attacks", Algorithm 1): APGD-CE and the targeted APGD-T, l-inf and l2.
 
-Pure, traceable functions of `(logits_fn, x, y)` like the PGD in `gradient.py`, whose projection,
-ascent direction, random start and input gradient they reuse. The iteration is a `tf.while_loop`
-(so the evaluation can compile one attack per batch shape), eps may be a scalar or per-example [B]
-tensor, randomness is stateless from `seed`.
+Pure, traceable functions of `(logits_fn, x, y)` like the PGD in `pgd.py`, with the same projection,
+ascent direction and random start (`ball.py`) and input gradient (`gradients.py`). The iteration is
+a `tf.while_loop` (so the evaluation can compile one attack per batch shape), eps may be a scalar or
+per-example [B] tensor, randomness is stateless from `seed`.
 
 Per example the attack keeps the best objective value seen and its point, and returns a
 misclassified iterate if any iterate was misclassified, otherwise the point with the highest
 objective. Schedule (as in the paper and its reference code): initial step 2 eps, momentum 0.75
-(none on the first step), checkpoints at fractions p_0 = 0, p_1 = 0.22,
+(none on the first step), checkpoints (`checkpoints`) at fractions p_0 = 0, p_1 = 0.22,
 p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06) of the iterations; at a checkpoint the step size of
 an example halves and it restarts from its best point when
   condition 1: the objective increased in fewer than rho = 0.75 of the steps since the last
@@ -30,21 +30,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from tfrobust import losses, rng
-from tfrobust.attacks import objectives as objectives_lib
-from tfrobust.attacks.gradient import (
-    LogitsFn,
-    ascent_direction,
-    check_norm,
-    examples_to_attack,
-    gather_examples,
-    input_gradient,
-    misclassified,
-    per_example,
-    project,
-    random_start,
-    scatter_examples,
-)
+from tfrobust import rng
+from tfrobust.attacks import ball, gradients, objectives, subbatch
 
 APGD_LOSSES = ("ce", "dlr")
 
@@ -70,14 +57,14 @@ def _expand(mask: tf.Tensor, like: tf.Tensor) -> tf.Tensor:
 
 
 def apgd_run(
-    logits_fn: LogitsFn,
+    logits_fn: objectives.LogitsFn,
     x: tf.Tensor,
     y: tf.Tensor,
     *,
     eps: tf.Tensor,
     steps: int,
     norm: str,
-    objective: objectives_lib.Objective,
+    objective: objectives.Objective,
     seed: tf.Tensor,
     rho: float = 0.75,
     momentum: float = 0.75,
@@ -86,17 +73,20 @@ def apgd_run(
 ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     """One APGD run from a uniform random start: (adversarial x, misclassified [B], best objective [B]).
 
-    `eps` is already per-example-broadcastable (see `gradient.per_example`); `steps` a Python int.
+    `eps` is already per-example-broadcastable (see `ball.per_example`); `steps` a Python int.
     """
     steps = int(steps)
-    first, shrink, least = (max(int(f * steps), 1) for f in (0.22, 0.03, 0.06))
+    # Iterations (1-based) after which the step size may halve; at one, `since` is the length of the
+    # interval that ends there.
+    points = checkpoints(steps)
+    halving_points = tf.constant(points, tf.int32, shape=[len(points)])
 
     def clip(v):
-        return tf.clip_by_value(project(v, x, eps, norm), clip_min, clip_max)
+        return tf.clip_by_value(ball.project(v, x, eps, norm), clip_min, clip_max)
 
-    x_adv = clip(random_start(x, eps, norm, "uniform", seed))
-    grad, loss, logits = input_gradient(logits_fn, objective, x_adv, y)
-    fooled = misclassified(logits, y)
+    x_adv = clip(ball.random_start(x, eps, norm, "uniform", seed))
+    grad, loss, logits = gradients.input_gradient(logits_fn, objective, x_adv, y)
+    fooled = subbatch.misclassified(logits, y)
     batch_shape = tf.concat([tf.shape(x)[:1], tf.ones([x.shape.rank - 1], tf.int32)], axis=0)
     step_size = 2.0 * eps * tf.ones(batch_shape, x.dtype)  # per example, [B, 1, 1, 1]
     zeros_b = tf.zeros_like(loss, tf.int32)
@@ -115,7 +105,6 @@ def apgd_run(
         prev_loss=loss,
         increases=zeros_b,
         since=tf.constant(0),
-        interval=tf.constant(first),
         loss_best_ckpt=loss,
         reduced_ckpt=tf.ones_like(fooled),
     )
@@ -126,11 +115,11 @@ def apgd_run(
     def body(s):
         a = tf.where(s["i"] > 0, momentum, 1.0)
         x_cur = s["x_adv"]
-        z = clip(x_cur + s["step"] * ascent_direction(s["grad"], norm))
+        z = clip(x_cur + s["step"] * ball.ascent_direction(s["grad"], norm))
         x_new = clip(x_cur + a * (z - x_cur) + (1.0 - a) * (x_cur - s["x_old"]))
-        grad, loss, logits = input_gradient(logits_fn, objective, x_new, y)
+        grad, loss, logits = gradients.input_gradient(logits_fn, objective, x_new, y)
 
-        now_fooled = misclassified(logits, y)
+        now_fooled = subbatch.misclassified(logits, y)
         x_fooled = tf.where(_expand(now_fooled, x), x_new, s["x_fooled"])
         fooled = tf.logical_or(s["fooled"], now_fooled)
 
@@ -142,8 +131,8 @@ def apgd_run(
         loss_best = tf.where(better, loss, s["loss_best"])
 
         since = s["since"] + 1
-        at_ckpt = tf.equal(since, s["interval"])
-        cond1 = tf.cast(increases, tf.float32) < rho * tf.cast(s["interval"], tf.float32)
+        at_ckpt = tf.reduce_any(tf.equal(halving_points, s["i"] + 1))
+        cond1 = tf.cast(increases, tf.float32) < rho * tf.cast(since, tf.float32)
         cond2 = tf.logical_and(tf.logical_not(s["reduced_ckpt"]), s["loss_best_ckpt"] >= loss_best)
         halve = tf.logical_and(at_ckpt, tf.logical_or(cond1, cond2))
         halve_x = _expand(halve, x)
@@ -162,7 +151,6 @@ def apgd_run(
             prev_loss=loss,
             increases=tf.where(at_ckpt, zeros_b, increases),
             since=tf.where(at_ckpt, 0, since),
-            interval=tf.where(at_ckpt, tf.maximum(s["interval"] - shrink, least), s["interval"]),
             loss_best_ckpt=tf.where(at_ckpt, loss_best, s["loss_best_ckpt"]),
             reduced_ckpt=tf.where(at_ckpt, halve, s["reduced_ckpt"]),
         )
@@ -190,7 +178,7 @@ def _runs(run_fn, x: tf.Tensor, fooled: tf.Tensor, runs: int, compare_loss: bool
         return tf.logical_and(r < runs, tf.reduce_any(tf.logical_not(f_b)))
 
     def body(r, x_b, f_b, l_b):
-        index = examples_to_attack(tf.logical_not(f_b), compact)
+        index = subbatch.examples_to_attack(tf.logical_not(f_b), compact)
         x_n, f_n, l_n = run_fn(r, index)
         x_old, f_old, l_old = (tf.gather(v, index) for v in (x_b, f_b, l_b))
         take = f_n | tf.equal(r, 0)  # every attacked example takes the first run's point
@@ -198,9 +186,9 @@ def _runs(run_fn, x: tf.Tensor, fooled: tf.Tensor, runs: int, compare_loss: bool
             take |= l_n > l_old
         take &= tf.logical_not(f_old)
         return (r + 1,
-                scatter_examples(x_b, index, tf.where(_expand(take, x_n), x_n, x_old)),
-                scatter_examples(f_b, index, f_old | f_n),
-                scatter_examples(l_b, index, tf.where(take, l_n, l_old)))
+                subbatch.scatter_examples(x_b, index, tf.where(_expand(take, x_n), x_n, x_old)),
+                subbatch.scatter_examples(f_b, index, f_old | f_n),
+                subbatch.scatter_examples(l_b, index, tf.where(take, l_n, l_old)))
 
     loss = tf.fill(tf.shape(fooled), tf.constant(-float("inf"), x.dtype))
     _, x_b, _, _ = tf.while_loop(cond, body, (tf.constant(0), x, fooled, loss))
@@ -208,7 +196,7 @@ def _runs(run_fn, x: tf.Tensor, fooled: tf.Tensor, runs: int, compare_loss: bool
 
 
 def apgd(
-    logits_fn: LogitsFn,
+    logits_fn: objectives.LogitsFn,
     x: tf.Tensor,
     y: tf.Tensor,
     *,
@@ -231,29 +219,30 @@ def apgd(
     example the model already misclassifies is returned as it is. `compact`: attack only the
     examples not yet fooled (dynamic shapes; pass False under XLA), see `_runs`.
     """
-    check_norm(norm)
+    ball.check_norm(norm)
     if loss not in APGD_LOSSES:
         raise ValueError(f"unknown APGD loss {loss!r}; expected one of {APGD_LOSSES}")
     if int(steps) < 1 or int(restarts) < 1:
         raise ValueError(f"steps and restarts must be >= 1, got {steps} and {restarts}")
     x = tf.convert_to_tensor(x, tf.float32)
     y = tf.cast(y, tf.int32)
-    eps_b = per_example(eps, x)
+    eps_b = ball.per_example(eps, x)
     seed = rng.as_seed(seed)
-    objective = losses.cross_entropy if loss == "ce" else losses.dlr
+    objective = objectives.cross_entropy if loss == "ce" else objectives.dlr
 
     def run(r, index):
         return apgd_run(logits_fn, tf.gather(x, index), tf.gather(y, index),
-                        eps=gather_examples(eps_b, index), steps=steps, norm=norm, objective=objective,
+                        eps=subbatch.gather_examples(eps_b, index), steps=steps, norm=norm,
+                        objective=objective,
                         seed=rng.fold_in(seed, r), rho=rho, momentum=momentum,
                         clip_min=clip_min, clip_max=clip_max)
 
-    fooled = misclassified(tf.stop_gradient(logits_fn(x)), y)
+    fooled = subbatch.misclassified(tf.stop_gradient(logits_fn(x)), y)
     return _runs(run, x, fooled, int(restarts), compare_loss=True, compact=compact)
 
 
 def apgd_targeted(
-    logits_fn: LogitsFn,
+    logits_fn: objectives.LogitsFn,
     x: tf.Tensor,
     y: tf.Tensor,
     *,
@@ -277,12 +266,12 @@ def apgd_targeted(
     each target attacks only the examples no earlier target fooled (dynamic shapes; pass False
     under XLA), see `_runs`.
     """
-    check_norm(norm)
+    ball.check_norm(norm)
     if int(steps) < 1 or int(restarts) < 1 or int(n_target_classes) < 1:
         raise ValueError("steps, restarts and n_target_classes must be >= 1")
     x = tf.convert_to_tensor(x, tf.float32)
     y = tf.cast(y, tf.int32)
-    eps_b = per_example(eps, x)
+    eps_b = ball.per_example(eps, x)
     seed = rng.as_seed(seed)
     clean_logits = tf.stop_gradient(tf.cast(logits_fn(x), tf.float32))
     num_classes = clean_logits.shape[-1]
@@ -299,12 +288,13 @@ def apgd_targeted(
         target = tf.gather(tf.gather(targets, index), r // restarts, axis=1)
 
         def objective(logits, labels):
-            return losses.dlr_targeted(logits, labels, target)
+            return objectives.dlr_targeted(logits, labels, target)
 
         return apgd_run(logits_fn, tf.gather(x, index), tf.gather(y, index),
-                        eps=gather_examples(eps_b, index), steps=steps, norm=norm, objective=objective,
+                        eps=subbatch.gather_examples(eps_b, index), steps=steps, norm=norm,
+                        objective=objective,
                         seed=rng.fold_in(seed, r), rho=rho, momentum=momentum,
                         clip_min=clip_min, clip_max=clip_max)
 
-    fooled = misclassified(clean_logits, y)
+    fooled = subbatch.misclassified(clean_logits, y)
     return _runs(run, x, fooled, n_targets * restarts, compare_loss=False, compact=compact)

@@ -21,7 +21,7 @@ import math
 import tensorflow as tf
 
 from tfrobust import rng
-from tfrobust.attacks import gradient as pgd_lib
+from tfrobust.attacks import ball
 
 
 def langevin_step(
@@ -48,9 +48,9 @@ def langevin_step(
     project: whether to project onto the eps ball (needs `eps`); the result is clipped to
         [clip_min, clip_max] either way.
     """
-    pgd_lib.check_norm(norm)
-    step_size = pgd_lib.per_example(step_size, x_adv)
-    moved = x_adv + step_size * pgd_lib.ascent_direction(grad, norm)
+    ball.check_norm(norm)
+    step_size = ball.per_example(step_size, x_adv)
+    moved = x_adv + step_size * ball.ascent_direction(grad, norm)
     if norm == "l2" and not (isinstance(gamma, (int, float)) and gamma == 0):
         moved += tf.cast(gamma, x_adv.dtype) * (x - x_adv)
     if not (isinstance(noise, (int, float)) and noise == 0):
@@ -61,7 +61,7 @@ def langevin_step(
     if project:
         if eps is None:
             raise ValueError("langevin_step with project=True needs eps")
-        moved = pgd_lib.project(moved, x, pgd_lib.per_example(eps, x_adv), norm)
+        moved = ball.project(moved, x, ball.per_example(eps, x_adv), norm)
     return tf.clip_by_value(moved, clip_min, clip_max)
 
 
@@ -73,8 +73,8 @@ def langevin_start(
     Gaussian direction of norm eps; 'none': x), clipped to the pixel range."""
     if kind not in ("corner", "none"):
         raise ValueError(f"unknown ATENT start {kind!r}; expected 'corner' or 'none'")
-    eps = pgd_lib.per_example(eps, x)
-    return tf.clip_by_value(pgd_lib.random_start(x, eps, norm, kind, seed), clip_min, clip_max)
+    eps = ball.per_example(eps, x)
+    return tf.clip_by_value(ball.random_start(x, eps, norm, kind, seed), clip_min, clip_max)
 
 
 def iterate_weights(steps: int, alpha: float) -> list[float]:

@@ -1,7 +1,9 @@
-"""What an attack maximizes: functions `(logits, labels) -> per-example loss`.
+"""What an attack maximizes: functions `(logits, labels) -> per-example loss` ([B]), and the
+model an attack differentiates: a `LogitsFn` mapping a batch of images to float32 logits.
 
-Objectives that need more than the adversarial logits (the clean prediction, a target class) are
-built by a factory that closes over it, so every attack sees the same two-argument signature.
+Objectives that need more than the adversarial logits (the clean prediction) are built by a
+factory that closes over it, so every attack sees the same two-argument signature; the targeted
+DLR takes its target classes as a third argument and APGD-T closes over them.
 """
 
 from __future__ import annotations
@@ -12,23 +14,55 @@ import tensorflow as tf
 
 from tfrobust import losses
 
+# A batch of images -> float32 logits; it decides the model's mode (evaluation attacks run the
+# model with training=False).
+LogitsFn = Callable[[tf.Tensor], tf.Tensor]
 Objective = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
 
 cross_entropy: Objective = losses.cross_entropy
-margin: Objective = losses.margin
+
+
+def margin(logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
+    """Carlini-Wagner margin max_{k != y} z_k - z_y per example (positive when misclassified)."""
+    logits = tf.cast(logits, tf.float32)
+    true_mask = losses.true_class_mask(labels, logits)
+    true_logit = tf.reduce_sum(tf.where(true_mask, logits, 0.0), axis=-1)
+    other_best = tf.reduce_max(tf.where(true_mask, -float("inf"), logits), axis=-1)
+    return other_best - true_logit
+
+
+def _sorted_logits(logits: tf.Tensor, count: int) -> tf.Tensor:
+    """The `count` largest logits per example, largest first (shape [B, count])."""
+    return tf.math.top_k(tf.cast(logits, tf.float32), k=count, sorted=True).values
+
+
+def dlr(logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
+    """Difference of logits ratio (Croce & Hein 2020, eq. 6), the quantity APGD-DLR maximizes.
+
+    -(z_y - max_{i != y} z_i) / (z_pi1 - z_pi3 + 1e-12) with z_pi the logits sorted in decreasing
+    order; positive when misclassified, invariant to shifting and rescaling the logits. Needs at
+    least 3 classes.
+    """
+    logits = tf.cast(logits, tf.float32)
+    top = _sorted_logits(logits, 3)
+    return margin(logits, labels) / (top[:, 0] - top[:, 2] + 1e-12)
+
+
+def dlr_targeted(logits: tf.Tensor, labels: tf.Tensor, targets: tf.Tensor) -> tf.Tensor:
+    """Targeted DLR (Croce & Hein 2020, eq. 7), maximized by APGD-T.
+
+    -(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2 + 1e-12) for the target class t. Needs at least
+    4 classes.
+    """
+    logits = tf.cast(logits, tf.float32)
+    top = _sorted_logits(logits, 4)
+    true_logit = tf.gather(logits, tf.cast(labels, tf.int32), batch_dims=1)
+    target_logit = tf.gather(logits, tf.cast(targets, tf.int32), batch_dims=1)
+    scale = top[:, 0] - 0.5 * (top[:, 2] + top[:, 3]) + 1e-12
+    return -(true_logit - target_logit) / scale
 
 
 def kl_from(clean_logits: tf.Tensor) -> Objective:
     """KL(p(x) || p(x')) to a fixed clean prediction: the TRADES attack objective."""
     clean_logits = tf.stop_gradient(clean_logits)
     return lambda logits, labels: losses.kl_divergence(clean_logits, logits)
-
-
-OBJECTIVES = {"ce": cross_entropy, "margin": margin}
-
-
-def by_name(name: str) -> Objective:
-    """The label-only objective called `name` ('ce' or 'margin')."""
-    if name not in OBJECTIVES:
-        raise ValueError(f"unknown attack objective {name!r}; expected one of {sorted(OBJECTIVES)}")
-    return OBJECTIVES[name]

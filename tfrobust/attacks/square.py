@@ -27,15 +27,11 @@ import math
 
 import tensorflow as tf
 
-from tfrobust import losses, rng
-from tfrobust.attacks.gradient import (
-    LogitsFn,
-    examples_to_attack,
-    gather_examples,
-    per_example,
-    project,
-    scatter_examples,
-)
+from tfrobust import rng
+from tfrobust.attacks import objectives
+from tfrobust.attacks.ball import per_example, project
+from tfrobust.attacks.objectives import LogitsFn
+from tfrobust.attacks.subbatch import examples_to_attack, gather_examples, scatter_examples
 
 # Queries (out of 10,000) after which the reference schedule halves p.
 P_SCHEDULE_POINTS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
@@ -50,7 +46,7 @@ def p_selection(p_init: float, iteration: tf.Tensor, n_queries: int) -> tf.Tenso
 
 def _margin(logits_fn: LogitsFn, x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
     """max_{k != y} z_k - z_y: positive when misclassified (the attack maximizes it)."""
-    return losses.margin(logits_fn(x), y)
+    return objectives.margin(logits_fn(x), y)
 
 
 def square_run(

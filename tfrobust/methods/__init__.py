@@ -6,7 +6,7 @@ import dataclasses
 from typing import Any, Mapping
 
 from tfrobust.errors import ConfigError
-from tfrobust.methods.base import AttackConfig, Differentiate, LossOutput, Method, StepContext
+from tfrobust.methods.base import BN_MODES, AttackConfig, Differentiate, LossOutput, Method, StepContext
 from tfrobust.methods.atent import Atent
 from tfrobust.methods.mart import Mart
 from tfrobust.methods.mimae import Mimae
@@ -39,5 +39,5 @@ def build(name: str, attack: AttackConfig, options: Mapping[str, Any] | None = N
     return cls(attack=attack, **options)
 
 
-__all__ = ["AttackConfig", "Differentiate", "LossOutput", "Method", "REGISTRY", "StepContext",
+__all__ = ["BN_MODES", "AttackConfig", "Differentiate", "LossOutput", "Method", "REGISTRY", "StepContext",
            "build", "get", "hyperparameters"]

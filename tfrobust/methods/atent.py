@@ -15,7 +15,7 @@ per-iterate losses, so here each iterate's weighted loss is differentiated on it
 the same (up to float rounding).
 
 L and the step size are the threat model's `attack.steps` and `attack.step_size`; the input
-gradients are taken in the attack's model mode (`attack.bn_training`; the reference attacks with
+gradients are taken in the attack's model mode (`attack.bn_mode`; the reference attacks with
 batch norm in training mode), the training loss in training mode.
 """
 
@@ -26,8 +26,7 @@ import dataclasses
 import tensorflow as tf
 
 from tfrobust import losses, rng
-from tfrobust.attacks import gradient as pgd_lib
-from tfrobust.attacks import langevin
+from tfrobust.attacks import gradients, langevin
 from tfrobust.methods.base import LossOutput, Method
 from tfrobust.settings import setting
 
@@ -53,7 +52,7 @@ class Atent(Method):
                          "direction of norm eps for l2; none).", choices=STARTS)
 
     name = "atent"
-    reference_attack_bn_training = True  # the StochAT reference samples with the model in train() mode
+    reference_bn_mode = "train"  # the StochAT reference samples with the model in train() mode
     term_names = ("atent_loss", "last_ce")
 
     def __post_init__(self):
@@ -75,7 +74,7 @@ class Atent(Method):
     def next_iterate(self, ctx, x, y, x_prev, index, last: bool) -> tf.Tensor:
         """x'_index (1-based) from x'_{index-1}; `last`: whether index == L (for projection='last')."""
         a = self.attack
-        grad, _, _ = pgd_lib.input_gradient(ctx.attack_logits, losses.cross_entropy, x_prev, y)
+        grad, _, _ = gradients.input_gradient(ctx.attack_logits_fn(a), losses.cross_entropy, x_prev, y)
         project = self.projection == "every" or (self.projection == "last" and last)
         x_next = langevin.langevin_step(
             x_prev, x, grad, step_size=ctx.step_size(a), noise=self.noise, gamma=self.gamma, norm=a.norm,

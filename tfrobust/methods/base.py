@@ -17,7 +17,11 @@ import keras
 import tensorflow as tf
 
 from tfrobust import settings
-from tfrobust.attacks import gradient as pgd_lib
+from tfrobust.attacks import ball, pgd
+from tfrobust.attacks.objectives import LogitsFn
+
+# The model's batch-norm (and dropout) mode while attacking: Keras `training=True` or `False`.
+BN_MODES = ("train", "eval")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,10 +32,12 @@ class AttackConfig:
     step_size: float = 0.01
     steps: int = 10
     norm: str = "linf"
-    bn_training: bool = False  # batch-norm (and dropout) mode of the model while attacking
+    bn_mode: str = "eval"  # the model's batch-norm (and dropout) mode while attacking, one of BN_MODES
 
     def __post_init__(self):
-        pgd_lib.check_norm(self.norm)
+        ball.check_norm(self.norm)
+        if self.bn_mode not in BN_MODES:
+            raise ValueError(f"unknown attack bn_mode {self.bn_mode!r}; expected one of {BN_MODES}")
         if not self.eps >= 0 or not self.step_size >= 0 or self.steps < 0:
             raise ValueError(f"attack needs eps >= 0, step_size >= 0, steps >= 0; got {self}")
 
@@ -55,11 +61,10 @@ class LossOutput:
 
 @dataclasses.dataclass
 class StepContext:
-    """What a method may use in one step: the classifier, the attack's model mode and a seed."""
+    """What a method may use in one step: the classifier, a seed and the attack budget's scale."""
 
     model: keras.Model
     seed: tf.Tensor  # [2] stateless seed, different every step
-    attack_training: bool = False
     # The fraction of the threat model's eps and step size this step attacks with: 1 except
     # during an eps warm-up (`RobustModel(eps_warmup_steps=...)`).
     budget_scale: float | tf.Tensor = 1.0
@@ -73,8 +78,10 @@ class StepContext:
     def logits(self, x: tf.Tensor, training: bool) -> tf.Tensor:
         return tf.cast(self.model(x, training=training), tf.float32)
 
-    def attack_logits(self, x: tf.Tensor) -> tf.Tensor:
-        return self.logits(x, training=self.attack_training)
+    def attack_logits_fn(self, attack: AttackConfig) -> LogitsFn:
+        """The logits an attack in `attack`'s threat model differentiates: the model in `attack.bn_mode`."""
+        training = attack.bn_mode == "train"
+        return lambda x: self.logits(x, training=training)
 
 
 # differentiate(loss_fn, regularize) -> (LossOutput, gradients of the scaled loss w.r.t. the
@@ -91,9 +98,9 @@ class Method(abc.ABC):
 
     name: ClassVar[str]
     term_names: ClassVar[tuple[str, ...]]
-    adversarial: ClassVar[bool] = True  # whether training inputs are adversarial
-    # Batch-norm mode of the reference implementation while attacking (--attack_bn_mode=auto).
-    reference_attack_bn_training: ClassVar[bool] = False
+    # The model's mode while attacking in the reference implementation, one of BN_MODES
+    # (what --attack_bn_mode=auto takes).
+    reference_bn_mode: ClassVar[str] = "eval"
 
     def __post_init__(self):
         settings.check(self)  # each hyperparameter against its `setting` metadata
@@ -119,4 +126,4 @@ class Method(abc.ABC):
         a = self.attack
         kwargs = dict(eps=ctx.eps(a), step_size=ctx.step_size(a), steps=a.steps, norm=a.norm, seed=ctx.seed)
         kwargs.update(overrides)
-        return pgd_lib.pgd(ctx.attack_logits, x, y, **kwargs)
+        return pgd.pgd(ctx.attack_logits_fn(a), x, y, **kwargs)

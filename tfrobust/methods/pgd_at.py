@@ -13,7 +13,7 @@ from tfrobust.methods.base import LossOutput, Method
 @dataclasses.dataclass(frozen=True)
 class PgdAt(Method):
     name = "pgd_at"
-    reference_attack_bn_training = True  # Madry's TF code attacks with batch norm in training mode
+    reference_bn_mode = "train"  # Madry's TF code attacks with batch norm in training mode
     term_names = ("adv_ce",)
 
     def attack_inputs(self, ctx, x, y):

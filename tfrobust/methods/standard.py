@@ -12,7 +12,6 @@ from tfrobust.methods.base import LossOutput, Method
 class Standard(Method):
     name = "standard"
     term_names = ("ce",)
-    adversarial = False
 
     def loss(self, ctx, x, y, x_adv):
         logits = ctx.logits(x, training=True)

@@ -23,8 +23,8 @@ class Trades(Method):
 
     def attack_inputs(self, ctx, x, y):
         # The clean prediction the attack moves away from, in the attack's model mode (the
-        # reference attacks in eval mode: `AttackConfig.bn_training=False`).
-        clean_logits = ctx.attack_logits(x)
+        # reference attacks in eval mode: `AttackConfig.bn_mode="eval"`).
+        clean_logits = ctx.attack_logits_fn(self.attack)(x)
         return self.pgd(ctx, x, y, objective=objectives.kl_from(clean_logits), start="normal")
 
     def loss(self, ctx, x, y, x_adv):

@@ -1,0 +1,81 @@
+"""The threat model's geometry: the l-inf and l2 eps balls around x, their steepest-ascent
+directions and the random starting points inside them.
+
+Pure, traceable functions; eps may be a Python number, a scalar tensor or a per-example [B] tensor
+(`per_example` makes it broadcastable against the batch).
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from tfrobust import rng
+
+NORMS = ("linf", "l2")
+RANDOM_STARTS = ("uniform", "normal", "corner", "none")
+_TINY = 1e-12
+
+
+def check_norm(norm: str) -> None:
+    if norm not in NORMS:
+        raise ValueError(f"unknown norm {norm!r}; expected one of {NORMS}")
+
+
+def per_example(value: float | tf.Tensor, x: tf.Tensor) -> tf.Tensor:
+    """A scalar or [B] value broadcastable against the batch `x` (shape [B, 1, 1, 1] or [])."""
+    value = tf.cast(tf.convert_to_tensor(value), x.dtype)
+    if value.shape.rank == 1:
+        value = tf.reshape(value, [-1] + [1] * (x.shape.rank - 1))
+    return value
+
+
+def l2_norm(v: tf.Tensor) -> tf.Tensor:
+    """Per-example l2 norm sqrt(sum v^2 + 1e-12), shape [B, 1, 1, 1]."""
+    axes = list(range(1, v.shape.rank))
+    return tf.sqrt(tf.reduce_sum(tf.square(v), axis=axes, keepdims=True) + _TINY)
+
+
+def project(x_adv: tf.Tensor, x: tf.Tensor, eps: tf.Tensor, norm: str) -> tf.Tensor:
+    """Project `x_adv` onto the eps ball around `x` (no pixel clipping).
+
+    l-inf: x + clip(x' - x, -eps, eps); l2: x + (x' - x) min(1, eps / ||x' - x||_2).
+    """
+    delta = x_adv - x
+    if norm == "linf":
+        delta = tf.clip_by_value(delta, -eps, eps)
+    else:
+        delta = delta * tf.minimum(1.0, eps / l2_norm(delta))
+    return x + delta
+
+
+def ascent_direction(grad: tf.Tensor, norm: str) -> tf.Tensor:
+    """The steepest-ascent direction of unit size for the norm: sign for l-inf, g/||g|| for l2."""
+    if norm == "linf":
+        return tf.sign(grad)
+    return grad / l2_norm(grad)
+
+
+def random_start(
+    x: tf.Tensor, eps: tf.Tensor, norm: str, kind: str, seed: tf.Tensor, std: float = 0.001
+) -> tf.Tensor:
+    """A starting point near `x`.
+
+    'uniform': uniform in the ball (Madry); 'normal': x + std N(0, I) (TRADES and MART);
+    'corner': an l-inf corner x + eps sign(N(0, I)), or for l2 a Gaussian direction scaled to norm
+    eps (ATENT); 'none': x itself.
+    """
+    if kind == "none":
+        return x
+    noise = rng.normal(seed, x)
+    if kind == "normal":
+        return x + std * noise
+    if kind == "corner":
+        return x + eps * (tf.sign(noise) if norm == "linf" else noise / l2_norm(noise))
+    if kind == "uniform":
+        if norm == "linf":
+            return x + rng.uniform(seed, x, -1.0, 1.0) * eps
+        # Uniform in the l2 ball: a Gaussian direction and a radius eps * u^(1/d).
+        dim = tf.cast(tf.reduce_prod(tf.shape(x)[1:]), x.dtype)
+        u = rng.uniform(rng.fold_in(seed, 1), l2_norm(noise))
+        return x + noise / l2_norm(noise) * eps * tf.pow(u, 1.0 / dim)
+    raise ValueError(f"unknown random start {kind!r}; expected one of {RANDOM_STARTS}")

@@ -1,0 +1,92 @@
+"""Projected gradient descent (Madry et al. 2018, eq. 2.1 and Sec. 2.1) and FGSM (Goodfellow et al.
+2015), l-inf and l2.
+
+Pure functions of `(logits_fn, x, y)`: `logits_fn` maps a batch of images to float32 logits and
+decides the model's mode (evaluation attacks pass `training=False`). eps and step size may be
+Python numbers, scalar tensors or per-example [B] tensors. Everything is traceable inside
+`tf.function`, with or without XLA, and draws its randomness from a stateless seed. One step:
+
+    x'_{t+1} = clip_[clip_min, clip_max](Proj_{B(x, eps)}(x'_t + step_size * d(grad_x' objective)))
+
+with d the steepest-ascent direction of the norm (`ball.ascent_direction`).
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from tfrobust import rng
+from tfrobust.attacks import ball, gradients, objectives
+
+
+def pgd(
+    logits_fn: objectives.LogitsFn,
+    x: tf.Tensor,
+    y: tf.Tensor,
+    *,
+    eps: float | tf.Tensor,
+    step_size: float | tf.Tensor,
+    steps: int | tf.Tensor,
+    norm: str = "linf",
+    objective: objectives.Objective = objectives.cross_entropy,
+    start: str = "uniform",
+    start_std: float = 0.001,
+    seed: int | tf.Tensor | None = None,
+    keep_best: bool = False,
+    clip_min: float = 0.0,
+    clip_max: float = 1.0,
+) -> tf.Tensor:
+    """Adversarial examples by `steps` projected steepest-ascent steps on `objective`.
+
+    With `keep_best` every example returns the iterate with the highest objective seen (one more
+    forward pass; evaluation wants this), otherwise the last iterate (the training recipes).
+    """
+    ball.check_norm(norm)
+    x = tf.convert_to_tensor(x, tf.float32)
+    eps = ball.per_example(eps, x)
+    step_size = ball.per_example(step_size, x)
+    seed = rng.as_seed(seed)
+    x_adv = tf.clip_by_value(
+        ball.project(ball.random_start(x, eps, norm, start, seed, start_std), x, eps, norm), clip_min, clip_max)
+
+    def step(x_adv):
+        grad, loss, _ = gradients.input_gradient(logits_fn, objective, x_adv, y)
+        moved = x_adv + step_size * ball.ascent_direction(grad, norm)
+        return tf.clip_by_value(ball.project(moved, x, eps, norm), clip_min, clip_max), loss
+
+    if not keep_best:
+        _, x_adv = tf.while_loop(
+            lambda i, _: i < steps, lambda i, xa: (i + 1, step(xa)[0]), (tf.constant(0), x_adv)
+        )
+        return tf.stop_gradient(x_adv)
+
+    def body(i, x_adv, best, best_loss):
+        moved, loss = step(x_adv)
+        better = loss > best_loss
+        best = tf.where(tf.reshape(better, [-1] + [1] * (x.shape.rank - 1)), x_adv, best)
+        return i + 1, moved, best, tf.maximum(loss, best_loss)
+
+    neg_inf = tf.fill(tf.shape(y), -float("inf"))
+    _, x_adv, best, best_loss = tf.while_loop(
+        lambda i, *_: i < steps, body, (tf.constant(0), x_adv, x_adv, neg_inf)
+    )
+    last_loss = objective(logits_fn(x_adv), y)
+    better = tf.reshape(last_loss > best_loss, [-1] + [1] * (x.shape.rank - 1))
+    return tf.stop_gradient(tf.where(better, x_adv, best))
+
+
+def fgsm(
+    logits_fn: objectives.LogitsFn,
+    x: tf.Tensor,
+    y: tf.Tensor,
+    *,
+    eps: float | tf.Tensor,
+    norm: str = "linf",
+    objective: objectives.Objective = objectives.cross_entropy,
+    clip_min: float = 0.0,
+    clip_max: float = 1.0,
+) -> tf.Tensor:
+    """Fast gradient (sign) method (Goodfellow et al. 2015): one full-size step from `x`,
+    x' = clip(x + eps * d(grad_x objective)): PGD with one step of size eps and no random start."""
+    return pgd(logits_fn, x, y, eps=eps, step_size=eps, steps=1, norm=norm, objective=objective,
+               start="none", clip_min=clip_min, clip_max=clip_max)
