@@ -15,6 +15,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from tfrobust.errors import ConfigError
 from tfrobust import losses, methods  # noqa: E402
 from tfrobust.methods import AttackConfig, StepContext, build  # noqa: E402
 from tfrobust.robust_model import RobustModel  # noqa: E402
@@ -47,8 +48,12 @@ def test_registry_and_hyperparameters():
     assert methods.hyperparameters("mart") == ("beta",)
     assert methods.hyperparameters("mimae") == ("lambda_mi", "lambda_mae", "mi_symmetric", "natural_weight")
     assert methods.hyperparameters("atent") == ("noise", "gamma", "alpha", "projection", "start")
-    method = build("trades", ATTACK, {"beta": 2.0, "lambda_mi": 9.0})  # foreign options are ignored
+    method = build("trades", ATTACK, {"beta": 2.0})
     assert method.beta == 2.0 and method.attack == ATTACK
+    with pytest.raises(ConfigError, match=r"no hyperparameter\(s\) \['betaa'\]"):  # a misspelled option
+        build("trades", ATTACK, {"betaa": 1.0})
+    with pytest.raises(ConfigError, match="beta must be >= 0"):
+        build("trades", ATTACK, {"beta": -5.0})
 
 
 def test_attacks_run_the_model_in_the_attack_configs_bn_mode():
