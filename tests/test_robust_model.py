@@ -129,7 +129,8 @@ def _small_trained(splits, method="trades", options=None, steps=3):
     return model
 
 
-@pytest.mark.parametrize("method, options", [("trades", {"beta": 2.5}), ("atent", {"noise": 1e-3, "projection": "last"})])
+@pytest.mark.parametrize("method, options",
+                         [("trades", {"beta": 2.5}), ("atent", {"noise": 1e-3, "projection": "last"})])
 def test_keras_save_and_load_model_round_trip(tmp_path, digits, method, options):
     model = _small_trained(digits, method, options)
     path = str(tmp_path / "robust.keras")
