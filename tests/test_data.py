@@ -357,3 +357,85 @@ def test_tfds_sources_load_whole_splits_as_uint8(name, image_shape):
     assert splits.x_train.dtype == np.uint8 and splits.y_train.dtype == np.int32
     assert splits.num_classes == 10
     assert data.is_cifar_like(splits) == (name == "cifar10")
+
+
+# --------------------------------------------------------------------------- ready-to-fit pipelines
+
+
+def _fit_one_epoch(train, info, validation=None):
+    """One epoch of a RobustModel on `train`: the check that a notebook user's pipeline is accepted."""
+    import keras
+
+    from tfrobust import methods, models
+    from tfrobust.robust_model import RobustModel
+
+    keras.utils.set_random_seed(0)
+    classifier = models.build_model("tiny_cnn" if info.image_shape[0] < 28 else "small_cnn", info.image_shape,
+                                    info.num_classes, mean=info.mean, std=info.std)
+    model = RobustModel(classifier, methods.build("standard", methods.AttackConfig(eps=0.0, steps=0)))
+    model.compile(optimizer=keras.optimizers.SGD(0.01))
+    history = model.fit(train, epochs=1, steps_per_epoch=info.steps_per_epoch, validation_data=validation, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+
+
+def _check_unit_float_batches(dataset, image_shape, batch_size):
+    images, labels = next(iter(dataset))
+    assert images.dtype == tf.float32 and labels.dtype == tf.int32
+    assert tuple(images.shape[1:]) == image_shape and images.shape[0] <= batch_size
+    assert 0.0 <= float(tf.reduce_min(images)) and float(tf.reduce_max(images)) <= 1.0
+
+
+def test_datasets_are_unit_float_pipelines_that_fit_accepts():
+    train, validation, test, info = data.datasets("digits", batch_size=50, validation_size=100, seed=3)
+    splits = data.load("digits", validation_size=100, seed=3)
+    assert info.image_shape == (8, 8, 1) and info.num_classes == 10
+    assert (info.mean, info.std) == (splits.mean, splits.std)
+    assert (info.train_examples, info.validation_examples, info.test_examples) == (1337, 100, 360)
+    assert info.steps_per_epoch == 1337 // 50
+    for dataset in (train, validation, test):
+        _check_unit_float_batches(dataset, (8, 8, 1), 50)
+    # The same batches as the pipelines the runner builds, with no copy of their code.
+    expected = data.train_stream(splits.x_train, splits.y_train, batch_size=50, seed=3)
+    for got, want in zip(train.take(2), expected.take(2)):
+        np.testing.assert_array_equal(got[0].numpy(), want[0].numpy())
+    assert sum(len(y) for _, y in test) == 360 and sum(len(y) for _, y in validation) == 100
+    _fit_one_epoch(train, info, validation)
+
+
+def test_datasets_convert_uint8_npz_and_limit_the_examples(tmp_path):
+    rng = np.random.default_rng(0)
+    path = tmp_path / "u8.npz"
+    np.savez(path, x_train=rng.integers(0, 256, (40, 6, 6), dtype=np.uint8), y_train=rng.integers(0, 3, 40),
+             x_test=rng.integers(0, 256, (12, 6, 6), dtype=np.uint8), y_test=rng.integers(0, 3, 12))
+    train, validation, test, info = data.datasets(f"npz:{path}", batch_size=8, epochs=2, train_examples=24,
+                                                  test_examples=10)
+    assert validation is None
+    assert (info.train_examples, info.test_examples, info.steps_per_epoch) == (24, 10, 3)
+    assert train.cardinality() == 6  # two epochs of three batches, then the stream ends
+    _check_unit_float_batches(train, (6, 6, 1), 8)
+    assert sum(len(y) for _, y in test) == 10
+    assert_one_line_error(lambda: data.datasets(f"npz:{path}", train_examples=0), "train_examples")
+
+
+def test_datasets_from_tfds_are_unit_floats_that_fit_accepts():
+    import tensorflow_datasets as tfds
+
+    with tfds.testing.mock_data(num_examples=64):
+        train, validation, test, info = data.datasets("mnist", batch_size=16, validation_size=16)
+    assert info.image_shape == (28, 28, 1) and info.steps_per_epoch == 3
+    _check_unit_float_batches(train, (28, 28, 1), 16)
+    _check_unit_float_batches(test, (28, 28, 1), 16)
+    _fit_one_epoch(train, info, validation)
+
+
+def test_tfds_builds_the_mnist_builder_with_the_declared_dependencies(tmp_path):
+    # No mock here: a fresh install lacked a module TFDS imports (importlib_resources) and failed
+    # on this path before any download. code_path and url_infos are what download_and_prepare
+    # reads first.
+    import tensorflow_datasets as tfds
+
+    builder = tfds.builder("mnist", data_dir=str(tmp_path))
+    assert builder.info.features["image"].shape == (28, 28, 1)
+    assert builder.info.features["label"].num_classes == 10
+    assert type(builder).code_path.name == "mnist.py"
+    assert builder.url_infos  # the checksums file shipped with TFDS, found through code_path

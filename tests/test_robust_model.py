@@ -1,5 +1,7 @@
 """RobustModel: one trace per run, loss scaling, weight decay, eval mode, and PGD-AT vs standard."""
 
+import dataclasses
+
 import keras
 import numpy as np
 import pytest
@@ -7,6 +9,8 @@ import tensorflow as tf
 
 from tfrobust import data, losses, methods, models
 from tfrobust.robust_model import RobustModel
+
+from conftest import batch
 
 ATTACK = methods.AttackConfig(eps=0.1, step_size=0.025, steps=10)
 
@@ -110,3 +114,57 @@ def test_budget_scale_shrinks_every_methods_training_attack(digits, method):
     ctx = StepContext(classifier, tf.constant([3, 4], tf.int64), budget_scale=tf.constant(0.5))
     size = np.abs(m.attack_inputs(ctx, x, y).numpy() - x.numpy()).reshape(32, -1).max(axis=1)
     assert size.max() <= 0.05 + 1e-6 and size.max() > 0.025
+
+
+def _small_trained(splits, method="trades", options=None, steps=3):
+    keras.utils.set_random_seed(0)
+    classifier = models.build_model("tiny_cnn", splits.image_shape, splits.num_classes, mean=splits.mean,
+                                    std=splits.std)
+    attack = methods.AttackConfig(eps=0.1, step_size=0.05, steps=2, norm="linf", bn_training=True)
+    model = RobustModel(classifier, methods.build(method, attack, options), weight_decay=5e-4, seed=7,
+                        eps_warmup_steps=10)
+    model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9))
+    stream = data.train_stream(splits.x_train, splits.y_train, batch_size=32, seed=0)
+    model.fit(stream, epochs=1, steps_per_epoch=steps, verbose=0)
+    return model
+
+
+@pytest.mark.parametrize("method, options",
+                         [("trades", {"beta": 2.5}), ("atent", {"noise": 1e-3, "projection": "last"})])
+def test_keras_save_and_load_model_round_trip(tmp_path, digits, method, options):
+    model = _small_trained(digits, method, options)
+    path = str(tmp_path / "robust.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert isinstance(loaded, RobustModel)
+    assert loaded.method == model.method  # the frozen dataclass: name, hyperparameters and attack
+    assert loaded.eval_attack == model.eval_attack
+    assert (loaded.weight_decay, loaded.seed, loaded.eps_warmup_steps) == (5e-4, 7, 10)
+    x, _ = batch(digits)
+    np.testing.assert_array_equal(loaded(x).numpy(), model(x).numpy())
+    # The optimizer comes back with its step and momentum, so training can go on.
+    assert int(loaded.optimizer.iterations.numpy()) == 3
+    for a, b in zip(loaded.optimizer.variables, model.optimizer.variables):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_method_config_refuses_an_unknown_hyperparameter(digits):
+    from tfrobust.robust_model import method_config, method_from_config
+
+    config = method_config(methods.build("mart", ATTACK, {"beta": 3.0}))
+    assert config == {"name": "mart", "options": {"beta": 3.0}, "attack": dataclasses.asdict(ATTACK)}
+    assert method_from_config(config) == methods.build("mart", ATTACK, {"beta": 3.0})
+    with pytest.raises(ValueError, match="no hyperparameter"):
+        method_from_config({**config, "options": {"lambda_mi": 1.0}})
+
+
+def test_save_weights_after_fit_and_load_into_a_fresh_model(tmp_path, digits):
+    model = _small_trained(digits)
+    assert model.built
+    path = str(tmp_path / "robust.weights.h5")
+    model.save_weights(path)
+    fresh = RobustModel(models.build_model("tiny_cnn", digits.image_shape, digits.num_classes, mean=digits.mean,
+                                           std=digits.std), model.method)
+    fresh.load_weights(path)
+    x, _ = batch(digits)
+    np.testing.assert_array_equal(fresh(x).numpy(), model(x).numpy())

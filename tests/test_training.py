@@ -5,12 +5,13 @@ import os
 import subprocess
 import sys
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from tfrobust import data, export, training
+from tfrobust import data, export, models, training
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUNNER = os.path.join(ROOT, "runners", "train.py")
@@ -136,3 +137,30 @@ def test_main_job_of_the_readme(tmp_path):
     assert summary["clean_accuracy"] > 0.9 and summary["adv_accuracy"] > 0.6
     logits_fn = export.load_logits_fn(str(tmp_path / "run" / "savedmodel"))
     assert logits_fn(np.zeros((2, 8, 8, 1), np.float32)).shape == (2, 10)
+
+
+class _FinalLogits(keras.callbacks.Callback):
+    """Keeps the trained classifier's inference logits on `x` at the end of training."""
+
+    def __init__(self, x):
+        super().__init__()
+        self.x, self.logits = x, None
+
+    def on_train_end(self, logs=None):
+        self.logits = self.model.classifier(self.x, training=False).numpy()
+
+
+def test_checkpoint_restores_into_a_freshly_built_model(tmp_path, digits):
+    x = np.asarray(digits.x_test[:32], np.float32)
+    final = _FinalLogits(x)
+    result = training.train(_config(tmp_path, epochs=1, method="standard"), extra_callbacks=[final])
+    latest = tf.train.latest_checkpoint(os.path.join(result.run_dir, "checkpoints"))
+    names = [name for name, _ in tf.train.list_variables(latest)]
+    splits = data.load("digits", validation_size=64, seed=0)
+    fresh = models.build_model("tiny_cnn", splits.image_shape, splits.num_classes, mean=splits.mean, std=splits.std)
+    # Every weight is saved under the model entry, by layer (not only as optimizer/_trainable_variables/N).
+    assert sum(name.startswith("model/layer_with_weights-") for name in names) == len(fresh.weights)
+    assert not np.array_equal(fresh(x, training=False).numpy(), final.logits)
+    # The natural restore into a freshly built model gives the trained logits exactly.
+    tf.train.Checkpoint(model=fresh).restore(latest).expect_partial().assert_existing_objects_matched()
+    np.testing.assert_array_equal(fresh(x, training=False).numpy(), final.logits)

@@ -55,6 +55,35 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
             )
 
 
+class TensorBoard(keras.callbacks.TensorBoard):
+    """Keras' TensorBoard callback that writes every epoch, whatever `update_freq` is.
+
+    With an integer `update_freq=N`, Keras 3 (keras/src/callbacks/tensorboard.py) enters
+    `tf.summary.record_if(step % N == 0)` for the current train batch in `_push_writer`, and leaves
+    that switch on until the next batch: the epoch scalars written in `on_epoch_end`, the validation
+    scalars written in `on_test_end` and any summary another callback writes at epoch end are then
+    dropped unless the epoch's last step is a multiple of N. Here those writes record always, the
+    batch scalars still every N steps.
+
+    Keras also counts batch scalars from 0 at each `fit` call; here they are numbered by the
+    optimizer step, so a resumed run writes step k at the same step as an uninterrupted one.
+    """
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        iterations = getattr(self.model.optimizer, "iterations", None)
+        if iterations is not None:
+            self._global_train_batch = int(iterations.numpy())
+
+    def on_test_end(self, logs=None):
+        with tf.summary.record_if(True):
+            super().on_test_end(logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        with tf.summary.record_if(True):
+            super().on_epoch_end(epoch, logs)
+
+
 class StepCheckpoint(keras.callbacks.Callback):
     """Saves a `tf.train.CheckpointManager` every `every_steps` steps and at each epoch end.
 
@@ -104,6 +133,8 @@ class AdversarialImages(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         adversarial = self.model.adversarial_examples(self.images, self.labels).numpy()
         grid = image_grid(self.images.numpy(), adversarial, self.model.eval_attack.eps)
-        with self.writer.as_default():
+        # record_if(True): a TensorBoard callback with an integer update_freq leaves its
+        # every-N-steps switch on at epoch end, which would drop this summary.
+        with self.writer.as_default(), tf.summary.record_if(True):
             tf.summary.image("clean_adversarial_perturbation", grid, step=epoch)
         self.writer.flush()

@@ -136,7 +136,9 @@ def load(
       seed: seed of the validation hold-out.
 
     Returns:
-      The splits; uint8 images stay uint8.
+      The splits as numpy arrays; uint8 images stay uint8 (TFDS sources, and npz files holding
+      uint8). These arrays are not meant for `keras.Model.fit` directly: `datasets` (or
+      `train_stream` and `eval_dataset`) turns them into batches of float32 [0, 1] images.
 
     Raises:
       DataError: unknown source, unreadable or malformed data, bad validation_size.
@@ -467,3 +469,88 @@ def eval_dataset(x: np.ndarray, y: np.ndarray, *, batch_size: int, limit: int | 
         .map(lambda images, labels: (_to_unit_float(images), labels))
         .prefetch(tf.data.AUTOTUNE)
     )
+
+
+# --------------------------------------------------------------------------- ready to fit
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+    """What a model needs to know about the data `datasets` returns.
+
+    Attributes:
+      name: the source.
+      image_shape: (height, width, channels).
+      num_classes: number of classes.
+      mean, std: per-channel train statistics on the [0, 1] scale, for
+        `models.build_model(..., mean=info.mean, std=info.std)`.
+      train_examples, validation_examples, test_examples: rows of each split.
+      steps_per_epoch: full training batches per epoch (`fit`'s `steps_per_epoch`).
+    """
+
+    name: str
+    image_shape: tuple[int, int, int]
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    train_examples: int
+    validation_examples: int
+    test_examples: int
+    steps_per_epoch: int
+
+
+def datasets(
+    source: str = "digits",
+    *,
+    batch_size: int = 128,
+    data_dir: str | None = None,
+    validation_size: float | int = 0,
+    seed: int = 0,
+    augment: bool = False,
+    epochs: int | None = None,
+    train_examples: int | None = None,
+    test_examples: int | None = None,
+) -> tuple[tf.data.Dataset, tf.data.Dataset | None, tf.data.Dataset, DatasetInfo]:
+    """Train, validation and test pipelines of float32 [0, 1] images, ready for `fit`.
+
+    `load` followed by `train_stream` for train and `eval_dataset` for validation and test:
+
+        train, val, test, info = data.datasets("digits", batch_size=64, validation_size=0.1)
+        model.fit(train, epochs=3, steps_per_epoch=info.steps_per_epoch, validation_data=val)
+
+    Args:
+      source, data_dir, validation_size, seed: as in `load` (`seed` also seeds the
+        training order and augmentation).
+      batch_size: examples per batch of every pipeline.
+      augment: pad-crop-flip augmentation of training batches (see `train_stream`).
+      epochs: None for an endless training stream (give `fit` `steps_per_epoch`), or the
+        number of epochs after which it ends.
+      train_examples, test_examples: use only the first that many training (after the
+        validation hold-out) or test examples (None = all).
+
+    Returns:
+      (train, validation or None when `validation_size` is 0, test, info). Train batches are
+      full (the remainder of each epoch is dropped) and reshuffled every epoch; validation and
+      test batches are in order, the last one possibly partial.
+
+    Raises:
+      DataError: as `load`, `train_stream` and `eval_dataset`.
+    """
+    for name, value in (("train_examples", train_examples), ("test_examples", test_examples)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise DataError(f"{name} is {value!r}; expected None or an int >= 1")
+    splits = load(source, data_dir=data_dir, validation_size=validation_size, seed=seed)
+    x_train, y_train = splits.x_train, splits.y_train
+    if train_examples is not None:
+        x_train, y_train = x_train[:train_examples], y_train[:train_examples]
+        splits = dataclasses.replace(splits, x_train=x_train, y_train=y_train)
+    train = train_stream(x_train, y_train, batch_size=batch_size, seed=seed, augment=augment, epochs=epochs)
+    validation = eval_dataset(splits.x_val, splits.y_val, batch_size=batch_size) if len(splits.x_val) else None
+    test = eval_dataset(splits.x_test, splits.y_test, batch_size=batch_size, limit=test_examples)
+    info = DatasetInfo(
+        name=splits.name, image_shape=splits.image_shape, num_classes=splits.num_classes, mean=splits.mean,
+        std=splits.std, train_examples=len(x_train), validation_examples=len(splits.x_val),
+        test_examples=min(len(splits.x_test), test_examples or len(splits.x_test)),
+        steps_per_epoch=steps_per_epoch(len(x_train), batch_size),
+    )
+    return train, validation, test, info

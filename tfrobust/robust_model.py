@@ -9,6 +9,7 @@ N-times-too-large updates. Weight decay is the coupled L2 of the PyTorch recipes
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 import keras
@@ -30,6 +31,24 @@ def default_eval_attack(attack: AttackConfig, steps: int = 20) -> AttackConfig:
     return AttackConfig(eps=attack.eps, step_size=step, steps=steps, norm=attack.norm, bn_mode="eval")
 
 
+def method_config(method: Method) -> dict:
+    """A method as JSON-able data: `{"name", "options": its hyperparameters, "attack": AttackConfig fields}`."""
+    options = {f.name: getattr(method, f.name) for f in dataclasses.fields(method) if f.name != "attack"}
+    return {"name": method.name, "options": options, "attack": dataclasses.asdict(method.attack)}
+
+
+def method_from_config(config: dict) -> Method:
+    """The method `method_config` describes; an unknown name or hyperparameter raises ValueError."""
+    # Here, not at the top: the registry imports every method module, and only loading needs it.
+    from tfrobust import methods
+
+    cls = methods.get(config["name"])
+    unknown = set(config.get("options", {})) - set(methods.hyperparameters(config["name"]))
+    if unknown:
+        raise ValueError(f"method {config['name']} has no hyperparameter(s) {sorted(unknown)}")
+    return cls(attack=AttackConfig(**config["attack"]), **config.get("options", {}))
+
+
 def _step_logs(metrics) -> dict[str, tf.Tensor]:
     """What a step returns to Keras. Under MultiWorkerMirroredStrategy Keras 3 averages the
     replicas' logs with `strategy.reduce(MEAN, axis=0)`, which needs a leading axis: shape [1]."""
@@ -39,6 +58,7 @@ def _step_logs(metrics) -> dict[str, tf.Tensor]:
     return logs
 
 
+@keras.saving.register_keras_serializable(package="tfrobust")
 class RobustModel(keras.Model):
     """Trains `classifier` with `method`; evaluates clean and PGD accuracy in inference mode.
 
@@ -83,13 +103,48 @@ class RobustModel(keras.Model):
         self._adv_acc = keras.metrics.SparseCategoricalAccuracy(name="adv_accuracy")
         self._adv_loss = keras.metrics.Mean(name="adv_loss")
         self._train_eps = keras.metrics.Mean(name="train_eps") if self.eps_warmup_steps else None
+        if classifier.built:  # no variables of its own; `train_step` never calls `self`, which builds
+            self.build(classifier.input_shape)
 
     def call(self, inputs, training=False):
         return self.classifier(inputs, training=training)
 
     def build(self, input_shape):
-        self.classifier.build(input_shape)
+        """Builds the classifier; the model itself has no variables but its metrics'."""
+        if not self.classifier.built:
+            self.classifier.build(input_shape)
         self.built = True
+
+    def get_config(self) -> dict:
+        """The classifier (serialized by Keras), the method (name, hyperparameters, attack) and the
+        other constructor arguments: `keras.models.load_model` rebuilds the model from it."""
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "classifier": keras.saving.serialize_keras_object(self.classifier),
+            "method": method_config(self.method),
+            "eval_attack": dataclasses.asdict(self.eval_attack),
+            "weight_decay": self.weight_decay,
+            "seed": self.seed,
+            "eps_warmup_steps": self.eps_warmup_steps,
+        }
+
+    def compile_from_config(self, config: dict) -> None:
+        """Recompile with the saved optimizer when loading, as Keras does for models whose `compile`
+        is its own (ours only adds the optimizer's slots); the saved slots are loaded afterwards."""
+        self.compile(**keras.saving.deserialize_keras_object(config))
+
+    @classmethod
+    def from_config(cls, config: dict, custom_objects=None) -> RobustModel:
+        config = dict(config)
+        classifier = keras.saving.deserialize_keras_object(config.pop("classifier"), custom_objects=custom_objects)
+        if hasattr(classifier, "_operations"):  # functional: as `models.build_model` gives it, checkpointable
+            from tfrobust.models._common import track_for_checkpoint
+
+            track_for_checkpoint(classifier)
+        method = method_from_config(config.pop("method"))
+        eval_attack = AttackConfig(**config.pop("eval_attack"))
+        return cls(classifier, method, eval_attack=eval_attack, **config)
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
         # Keras 3 reduces a first input batch across replicas here, which fails under

@@ -159,7 +159,7 @@ def _train(config: TrainConfig, method: methods.Method, extra_callbacks: Sequenc
     show = next(iter(data.eval_dataset(x_show, y_show, batch_size=8, limit=8)))
     logdir = os.path.join(run_dir, "logs")
     summaries = [  # the chief's alone
-        keras.callbacks.TensorBoard(logdir, update_freq=config.log_every_steps),
+        callbacks_lib.TensorBoard(logdir, update_freq=config.log_every_steps),
         callbacks_lib.AdversarialImages(os.path.join(logdir, "images"), show[0].numpy(), show[1].numpy()),
     ] if chief else []
     callbacks = [

@@ -96,7 +96,9 @@ def build_model(
         mean, std: optional per-channel statistics (length ``channels``, std > 0);
             the model then computes ``(x - mean) / std`` internally. ``None`` for
             both means no normalization; if only one is given the other
-            defaults to 0 (mean) or 1 (std).
+            defaults to 0 (mean) or 1 (std). The train runner passes the
+            train split's statistics (``--normalize``, on by default); to build
+            the same model pass ``info.mean``, ``info.std`` of ``data.datasets``.
         depth, width: WRN depth (6n + 4) and widen factor; ``wide_resnet`` only,
             ignored by the other architectures.
         seed: if not ``None``, ``keras.utils.set_random_seed(seed)`` is called

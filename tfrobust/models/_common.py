@@ -23,6 +23,34 @@ class ModelError(TfrobustError):
     """Invalid arguments to :func:`tfrobust.models.build_model` (one-line message)."""
 
 
+def track_for_checkpoint(model: keras.Model) -> keras.Model:
+    """Name each layer holding weights as a ``tf.train`` dependency of ``model``; returns ``model``.
+
+    Under the TensorFlow backend a Keras 3 functional model reaches ``tf.train`` only through its
+    ``_operations`` list (every operation, weightless ones such as the input layer included):
+    ``Layer._initialize_tracker`` stores the layer and variable lists with attribute tracking off
+    (keras/src/layers/layer.py). A checkpoint names each variable by its shortest path, so with the
+    optimizer in it the model's weights are listed only as ``optimizer/_trainable_variables/N``,
+    and a reader of the checkpoint (``tf.train.list_variables``, ``load_checkpoint``) finds nothing
+    under ``model``. Here the layers with weights also become ``layer_with_weights-N`` (graph order,
+    the tf.keras 2 names), each holding its variables by attribute (``_kernel``, ``gamma``,
+    ``moving_mean``, ...): the weights are saved as ``model/layer_with_weights-N/...``. The
+    ``_operations`` path stays, so checkpoints written before this restore as they did.
+    Nested functional models are handled the same way.
+    """
+    for index, layer in enumerate(layer for layer in model.layers if layer.weights):
+        if isinstance(layer, keras.Model) and hasattr(layer, "_operations"):
+            track_for_checkpoint(layer)
+        model._track_trackable(layer, name=f"layer_with_weights-{index}", overwrite=True)
+    return model
+
+
+def functional_model(inputs: keras.KerasTensor, outputs: keras.KerasTensor, name: str) -> keras.Model:
+    """``keras.Model(inputs, outputs)`` whose weights a ``tf.train.Checkpoint`` holds (see
+    :func:`track_for_checkpoint`)."""
+    return track_for_checkpoint(keras.Model(inputs, outputs, name=name))
+
+
 def check_num_classes(num_classes: int) -> None:
     """Raise :class:`ModelError` unless ``num_classes`` is an int >= 2."""
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:

@@ -12,7 +12,13 @@ from collections.abc import Sequence
 
 import keras
 
-from ._common import check_min_size, check_num_classes, input_stem, logits_layer
+from ._common import (
+    check_min_size,
+    check_num_classes,
+    functional_model,
+    input_stem,
+    logits_layer,
+)
 
 # Each of the two 2x2 max-pools must halve a dimension of at least 2.
 MIN_INPUT_SIZE: int = 4
@@ -51,4 +57,4 @@ def build_lenet5(
     x = layers.Flatten(name="flatten")(x)
     x = layers.Dense(1024, activation="relu", name="fc1", **init())(x)
     logits = logits_layer(num_classes, name="fc2", **init())(x)
-    return keras.Model(inputs, logits, name="lenet5")
+    return functional_model(inputs, logits, name="lenet5")

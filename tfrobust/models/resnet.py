@@ -34,6 +34,7 @@ from ._common import (
     batch_norm,
     check_min_size,
     check_num_classes,
+    functional_model,
     input_stem,
     logits_layer,
 )
@@ -137,7 +138,7 @@ def build_resnet18(
     x = _stages(x, _basic_block, 64)
     x = keras.layers.GlobalAveragePooling2D(name="avgpool")(x)
     logits = logits_layer(num_classes, name="linear")(x)
-    return keras.Model(inputs, logits, name="resnet18")
+    return functional_model(inputs, logits, name="resnet18")
 
 
 def build_preact_resnet18(
@@ -163,4 +164,4 @@ def build_preact_resnet18(
     x = keras.layers.ReLU(name="relu")(x)
     x = keras.layers.GlobalAveragePooling2D(name="avgpool")(x)
     logits = logits_layer(num_classes, name="linear")(x)
-    return keras.Model(inputs, logits, name="preact_resnet18")
+    return functional_model(inputs, logits, name="preact_resnet18")

@@ -11,7 +11,13 @@ from collections.abc import Sequence
 
 import keras
 
-from ._common import check_min_size, check_num_classes, input_stem, logits_layer
+from ._common import (
+    check_min_size,
+    check_num_classes,
+    functional_model,
+    input_stem,
+    logits_layer,
+)
 
 # conv3 (valid) x2, pool 2, conv3 (valid) x2, pool 2 must leave >= 1x1:
 # 16 -> 14 -> 12 -> 6 -> 4 -> 2 -> 1 (15 would give 0).
@@ -65,4 +71,4 @@ def build_small_cnn(
     logits = logits_layer(
         num_classes, name="fc3", kernel_initializer="zeros", bias_initializer="zeros"
     )(x)
-    return keras.Model(inputs, logits, name="small_cnn")
+    return functional_model(inputs, logits, name="small_cnn")

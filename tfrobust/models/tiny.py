@@ -10,7 +10,13 @@ from collections.abc import Sequence
 
 import keras
 
-from ._common import check_min_size, check_num_classes, input_stem, logits_layer
+from ._common import (
+    check_min_size,
+    check_num_classes,
+    functional_model,
+    input_stem,
+    logits_layer,
+)
 
 MIN_INPUT_SIZE: int = 8
 
@@ -38,4 +44,4 @@ def build_tiny_cnn(
     x = layers.Flatten(name="flatten")(x)
     x = layers.Dense(128, activation="relu", name="fc1")(x)
     logits = logits_layer(num_classes, name="logits")(x)
-    return keras.Model(inputs, logits, name="tiny_cnn")
+    return functional_model(inputs, logits, name="tiny_cnn")

@@ -28,6 +28,7 @@ from ._common import (
     batch_norm,
     check_min_size,
     check_num_classes,
+    functional_model,
     input_stem,
     logits_layer,
 )
@@ -121,4 +122,4 @@ def build_wide_resnet(
     x = keras.layers.ReLU(name="relu")(x)
     x = keras.layers.GlobalAveragePooling2D(name="avgpool")(x)
     logits = logits_layer(num_classes, name="fc")(x)
-    return keras.Model(inputs, logits, name=f"wrn_{depth}_{width}")
+    return functional_model(inputs, logits, name=f"wrn_{depth}_{width}")
