@@ -90,3 +90,28 @@ def test_more_queries_find_more(digits):
     acc = [_accuracy(logits_fn, compiled(square, logits_fn, x, y, eps=0.6, norm="l2", n_queries=q, seed=1), y)
            for q in (5, 200)]
     assert acc[1] < acc[0]
+
+
+def test_linf_draws_one_window_and_sign_for_the_whole_batch():
+    """As the reference: after one iteration every example carries the same window, at a corner in
+    [0, H - s), set to x + eps sign with the same sign (its l-inf start differs per example)."""
+    calls = tf.Variable(0.0)
+
+    def always_better(v):  # the margin falls at every query, so every candidate is kept
+        calls.assign_add(1.0)
+        n = tf.shape(v)[0]
+        return tf.concat([tf.fill([n, 1], 100.0 - calls), tf.zeros([n, 9])], axis=1)
+
+    x = tf.fill([64, 28, 28, 1], 0.5)
+    y = tf.zeros([64], tf.int32)
+    x_best, _ = tf.function(lambda: square_run(always_better, x, y, eps=tf.constant(0.1), n_queries=1,
+                                               seed=tf.constant([5, 6])))()
+    x_best = x_best.numpy()[..., 0]
+    same = np.all(np.abs(x_best - x_best[:1]) < 1e-6, axis=0)  # [H, W]: where all examples agree
+    rows, cols = np.nonzero(same)
+    side = window_sides(0.8, 28, 28, 1, "linf")[0]
+    assert same.sum() == side * side
+    assert rows.max() - rows.min() == side - 1 and cols.max() - cols.min() == side - 1
+    assert rows.min() < 28 - side and cols.min() < 28 - side
+    window = x_best[0][same]
+    assert np.allclose(np.abs(window - 0.5), 0.1) and np.ptp(window) < 1e-6  # one sign (one channel)
