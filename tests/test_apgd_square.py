@@ -67,8 +67,8 @@ def test_dlr_losses_match_their_formulas_and_are_scale_invariant():
 
 
 def test_square_p_schedule_is_the_published_one():
-    def p(i, n):
-        return float(square.p_selection(0.8, tf.constant(i), n))
+    def p(i, n, rescale=False):
+        return float(square.p_selection(0.8, tf.constant(i), n, rescale))
 
     assert p(0, 10000) == pytest.approx(0.8)
     assert p(10, 10000) == pytest.approx(0.8)
@@ -76,7 +76,11 @@ def test_square_p_schedule_is_the_published_one():
     assert p(51, 10000) == pytest.approx(0.2)
     assert p(201, 10000) == pytest.approx(0.1)
     assert p(9000, 10000) == pytest.approx(0.8 / 512)
-    assert p(2, 1000) == pytest.approx(0.4)  # rescaled: query 2 of 1000 is 20 of 10,000
+    # AutoAttack (resc_schedule=False): the 10,000-query points also for shorter runs
+    assert p(2, 1000) == pytest.approx(0.8)
+    assert p(999, 1000) == pytest.approx(0.8 / 16)
+    assert p(4999, 5000) == pytest.approx(0.8 / 128)
+    assert p(2, 1000, rescale=True) == pytest.approx(0.4)  # rescaled: 2 of 1000 is 20 of 10,000
 
 
 def test_bad_arguments_are_rejected():
@@ -85,8 +89,8 @@ def test_bad_arguments_are_rejected():
     three_classes = lambda z: tf.reshape(z, [2, -1])[:, :3]  # noqa: E731
     with pytest.raises(ValueError, match="4 classes"):
         apgd.apgd_targeted(three_classes, x, y, eps=0.1, steps=2)
-    with pytest.raises(ValueError, match="linf"):
-        square.square(three_classes, x, y, eps=0.1, norm="l2")
+    with pytest.raises(ValueError, match="norm"):
+        square.square(three_classes, x, y, eps=0.1, norm="l1")
     with pytest.raises(ValueError, match="loss"):
         apgd.apgd(three_classes, x, y, eps=0.1, loss="kl")
 
@@ -188,8 +192,7 @@ def test_attacks_work_only_on_examples_not_yet_fooled(digits, attack):
         seen[compact], errors[compact] = int(rows.numpy()), n_errors(logits_fn, x_adv, y)
         # an example the model already gets wrong is returned untouched
         wrong_clean = np.argmax(logits_fn(x).numpy(), -1) != y.numpy()
-        if attack != "square":  # Square's start (stripes) moves every example
-            np.testing.assert_array_equal(x_adv.numpy()[wrong_clean], x.numpy()[wrong_clean])
+        np.testing.assert_array_equal(x_adv.numpy()[wrong_clean], x.numpy()[wrong_clean])
     print(attack, "rows seen (compact, whole batch):", seen[True], seen[False], "errors:", errors)
     assert seen[True] < 0.8 * seen[False]
     assert errors[True] >= errors[False] - 0.02 * len(y)  # different random draws, same attack

@@ -1,0 +1,117 @@
+"""Tests for the Square attack as AutoAttack runs it (`tfrobust.attacks.square`): the reference's
+window sides and l2 pattern, the eps ball, and the l2 version on the trained digits CNN."""
+
+from __future__ import annotations
+
+import functools
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import digits_arrays
+
+from tfrobust.attacks.square import eta, p_halvings, square, square_run, window_sides
+
+
+def compiled(attack, *args, **kwargs):
+    return tf.function(functools.partial(attack, *args, **kwargs))()
+
+
+def test_window_sides_follow_the_reference_formula():
+    # round(sqrt(p HW)) with p = 0.8 / 2^k; l2: at least 3 and odd; at most the image side
+    assert window_sides(0.8, 28, 28, 1, "linf") == [25, 18, 13, 9, 6, 4, 3, 2, 2, 1]
+    assert window_sides(0.8, 28, 28, 1, "l2") == [25, 19, 13, 9, 7, 5, 3, 3, 3, 3]
+    assert window_sides(0.8, 32, 32, 3, "linf") == [29, 20, 14, 10, 7, 5, 4, 3, 2, 1]
+    assert window_sides(1.0, 8, 8, 1, "linf")[0] == 8  # capped at the image
+
+
+def test_p_halvings_count_the_fixed_points():
+    its = [0, 10, 11, 50, 51, 200, 201, 4000, 4001, 4999]
+    got = [int(p_halvings(tf.constant(i), 5000)) for i in its]
+    assert got == [0, 0, 1, 1, 2, 2, 3, 6, 7, 7]
+
+
+def test_eta_is_the_reference_pattern():
+    top = np.array([0.25, 1.25, 0.25])  # ring distances 1, 0, 1: 1/4 and 1 + 1/4
+    bottom = np.array([[0.25, 0.25, 0.25], [0.25, 1.25, 0.25]])
+    expected = np.concatenate([top[None] / np.linalg.norm(top), -bottom / np.linalg.norm(bottom)])
+    np.testing.assert_allclose(eta(3), expected / np.linalg.norm(expected), rtol=1e-12)
+    for s in (1, 4, 7):
+        assert np.linalg.norm(eta(s)) == pytest.approx(1.0)
+        assert eta(s).shape == (s, s)
+
+
+@pytest.fixture(scope="module")
+def digits(digits_cnn):
+    model = digits_cnn
+    _, _, x_test, y_test = digits_arrays()
+    logits_fn = lambda v: model(v, training=False)
+    return logits_fn, tf.constant(x_test[:96]), tf.constant(y_test[:96])
+
+
+def _accuracy(logits_fn, x, y):
+    return float(np.mean(np.argmax(logits_fn(x).numpy(), -1) == y.numpy()))
+
+
+def test_l2_start_has_norm_eps_inside_the_box():
+    """The l2 start (grid of eta blocks) is scaled to norm eps exactly when [0, 1] does not clip."""
+    x = tf.fill([4, 28, 28, 1], 0.5)
+    y = tf.zeros([4], tf.int32)
+    logits_fn = lambda v: tf.concat([tf.ones([tf.shape(v)[0], 1]) * 100.0, tf.zeros([tf.shape(v)[0], 9])], 1)
+    x_best, margin = square_run(logits_fn, x, y, eps=tf.constant(0.5), norm="l2", n_queries=1, seed=tf.constant([1, 2]))
+    norms = np.sqrt(np.sum((x_best - x).numpy() ** 2, axis=(1, 2, 3)))
+    np.testing.assert_allclose(norms, 0.5, rtol=1e-5)
+    assert np.all(margin.numpy() == 100.0)
+    delta = (x_best - x).numpy()[..., 0]
+    assert np.all(delta[:, 0, :] == 0) and np.all(delta[:, 26:, :] == 0)  # blocks cover rows 1..25
+
+
+@pytest.mark.parametrize("norm,eps", [("l2", 1.0), ("linf", 0.15)])
+def test_square_stays_in_the_ball_and_box_and_lowers_accuracy(digits, norm, eps):
+    logits_fn, x, y = digits
+    x_adv = compiled(square, logits_fn, x, y, eps=eps, norm=norm, n_queries=300, seed=0).numpy()
+    delta = (x_adv - x.numpy()).reshape(len(x_adv), -1)
+    size = np.abs(delta).max(1) if norm == "linf" else np.sqrt((delta ** 2).sum(1))
+    assert np.all(size <= eps * (1 + 1e-5))
+    assert x_adv.min() >= 0.0 and x_adv.max() <= 1.0
+    clean, adv = _accuracy(logits_fn, x, y), _accuracy(logits_fn, tf.constant(x_adv), y)
+    print(norm, "clean", clean, "square", adv)
+    assert adv < clean - 0.25
+    # only misclassified points are returned; the rest is x itself
+    pred = np.argmax(logits_fn(x_adv).numpy(), -1)
+    np.testing.assert_array_equal(x_adv[pred == y.numpy()], x.numpy()[pred == y.numpy()])
+
+
+def test_more_queries_find_more(digits):
+    logits_fn, x, y = digits
+    acc = [_accuracy(logits_fn, compiled(square, logits_fn, x, y, eps=0.6, norm="l2", n_queries=q, seed=1), y)
+           for q in (5, 200)]
+    assert acc[1] < acc[0]
+
+
+def test_linf_draws_one_window_and_sign_for_the_whole_batch():
+    """As the reference: after one iteration every example carries the same window, at a corner in
+    [0, H - s), set to x + eps sign with the same sign (its l-inf start differs per example)."""
+    calls = tf.Variable(0.0)
+
+    def always_better(v):  # the margin falls at every query, so every candidate is kept
+        calls.assign_add(1.0)
+        n = tf.shape(v)[0]
+        return tf.concat([tf.fill([n, 1], 100.0 - calls), tf.zeros([n, 9])], axis=1)
+
+    x = tf.fill([64, 28, 28, 1], 0.5)
+    y = tf.zeros([64], tf.int32)
+    x_best, _ = tf.function(lambda: square_run(always_better, x, y, eps=tf.constant(0.1), n_queries=1,
+                                               seed=tf.constant([5, 6])))()
+    x_best = x_best.numpy()[..., 0]
+    same = np.all(np.abs(x_best - x_best[:1]) < 1e-6, axis=0)  # [H, W]: where all examples agree
+    rows, cols = np.nonzero(same)
+    side = window_sides(0.8, 28, 28, 1, "linf")[0]
+    assert same.sum() == side * side
+    assert rows.max() - rows.min() == side - 1 and cols.max() - cols.min() == side - 1
+    assert rows.min() < 28 - side and cols.min() < 28 - side
+    window = x_best[0][same]
+    assert np.allclose(np.abs(window - 0.5), 0.1) and np.ptp(window) < 1e-6  # one sign (one channel)
