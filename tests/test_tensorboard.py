@@ -24,7 +24,7 @@ def test_every_epoch_and_every_nth_step_is_logged_when_epochs_are_not_multiples_
     # of which only 6 is a multiple of 2. Keras' own callback would write epoch 1 alone.
     config = training.TrainConfig(method="pgd_at", epochs=3, batch_size=32, train_examples=96, validation_size=64,
                                   attack_steps=1, eval_steps=1, eval_examples=32, log_every_steps=2,
-                                  output_dir=str(tmp_path / "run"), verbose="0")
+                                  output_dir=str(tmp_path / "run"), verbose=0)
     result = training.train(config)
     assert result.steps == 9
     logs = os.path.join(result.run_dir, "logs")
