@@ -12,6 +12,7 @@ import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from tfrobust.models import (  # noqa: E402
+    ARCHITECTURES,
     MIN_INPUT_SIZES,
     MODEL_NAMES,
     ModelError,
@@ -108,6 +109,18 @@ def test_model_names_exact():
     )
     assert set(MIN_INPUT_SIZES) == set(MODEL_NAMES)
     assert issubclass(ModelError, ValueError)
+
+
+def test_one_table_of_architectures():
+    assert MODEL_NAMES == tuple(ARCHITECTURES)
+    assert MIN_INPUT_SIZES == {name: a.min_input_size for name, a in ARCHITECTURES.items()}
+    assert all(a.description and callable(a.build) for a in ARCHITECTURES.values())
+    # Only the WRN takes depth and width, and checks them before anything is built.
+    assert {name for name, a in ARCHITECTURES.items() if a.options} == {"wide_resnet"}
+    with pytest.raises(ModelError, match="depth"):
+        build_model("wide_resnet", (8, 8, 3), 10, depth=11, width=1)
+    assert build_model("tiny_cnn", (8, 8, 1), 10, depth=11).count_params() == build_model(
+        "tiny_cnn", (8, 8, 1), 10).count_params()
 
 
 def test_every_name_has_a_run_case():
