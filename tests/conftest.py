@@ -10,6 +10,16 @@ import pytest  # noqa: E402
 
 from tfrobust import data, models  # noqa: E402
 
+SCRIPTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "scripts")
+
+
+def script(name: str) -> str:
+    """The path of a program under tests/scripts/, which tests run in child processes (see its
+    docstring; the folder's README says why they are files and not tests)."""
+    path = os.path.join(SCRIPTS, name)
+    assert os.path.isfile(path), path
+    return path
+
 
 @pytest.fixture(scope="session")
 def digits():

@@ -1,8 +1,9 @@
 """Distribution: every method's step on two replicas equals the same step on one device, and two
 worker processes (MultiWorkerMirroredStrategy over 127.0.0.1) train together like one process.
 
-The multi-device tests run in subprocesses: splitting the CPU into logical devices and
-configuring a multi-worker cluster must both happen before TensorFlow runs its first op.
+The multi-device tests run tests/scripts/distribute_*.py in subprocesses: splitting the CPU into
+logical devices and configuring a multi-worker cluster must both happen before TensorFlow runs its
+first op.
 """
 
 import json
@@ -10,13 +11,13 @@ import os
 import socket
 import subprocess
 import sys
-import textwrap
 
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import script
 
-from tfrobust import distribute, training
+from tfrobust import distribute, methods, training
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -37,67 +38,14 @@ def _result(proc):
 
 # -- one step of every method: two replicas == one device ---------------------------------------
 
-_EQUIVALENCE_SCRIPT = textwrap.dedent("""
-    import json
-    import tensorflow as tf
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    import keras, numpy as np
-    from tfrobust import data, methods, models, rng
-    from tfrobust import robust_model as robust_model_lib
-
-    splits = data.load("digits")
-    x = np.asarray(splits.x_train[:16], np.float32)
-    y = splits.y_train[:16].astype(np.int32)
-    attack = methods.AttackConfig(eps=0.1, step_size=0.04, steps=2)
-    # One MirroredStrategy per process: two instances can collide on collective instance keys.
-    mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-    one = tf.distribute.OneDeviceStrategy("/cpu:0")
-
-    def step(strategy, name):
-        # tiny_cnn: no batch norm and no dropout, whose per-replica statistics and masks would
-        # legitimately differ from one device's.
-        with strategy.scope():
-            classifier = models.build_model("tiny_cnn", splits.image_shape, 10, seed=0)
-            model = robust_model_lib.RobustModel(classifier, methods.build(name, attack), weight_decay=0.01, seed=3)
-            model.compile(optimizer=keras.optimizers.SGD(0.5, momentum=0.9))
-        before = classifier.get_weights()
-        model.fit(tf.data.Dataset.from_tensors((x, y)), epochs=1, steps_per_epoch=1, verbose=0)
-        after = classifier.get_weights()
-        return after, max(float(np.abs(a - b).max()) for a, b in zip(after, before))
-
-    def diff(a, b):
-        return max(float(np.abs(u - v).max()) for u, v in zip(a, b))
-
-    out = {}
-    for name in sorted(methods.REGISTRY):
-        w_one, moved = step(one, name)
-        w_two, _ = step(mirrored, name)
-        out[name] = {"diff": diff(w_one, w_two), "moved": moved}
-
-    # What the test must be able to catch.
-    # 1. Noise drawn per replica instead of for the global batch (PGD-AT's uniform start).
-    consistent = rng._batch_consistent
-    rng._batch_consistent = lambda sample, shape: sample(shape)
-    out["control_noise"] = {"diff": diff(step(one, "pgd_at")[0], step(mirrored, "pgd_at")[0])}
-    rng._batch_consistent = consistent
-    # 2. A per-replica mean instead of the global-batch average: N-times-too-large updates.
-    average = tf.nn.compute_average_loss
-    tf.nn.compute_average_loss = lambda per_example: tf.reduce_mean(per_example)
-    out["control_mean"] = {"diff": diff(step(one, "standard")[0], step(mirrored, "standard")[0])}
-    tf.nn.compute_average_loss = average
-    print("RESULT" + json.dumps(out))
-""")
-
-
 @pytest.fixture(scope="module")
 def equivalence():
-    proc = subprocess.run([sys.executable, "-c", _EQUIVALENCE_SCRIPT], env=_env(), capture_output=True,
+    proc = subprocess.run([sys.executable, script("distribute_equivalence.py")], env=_env(), capture_output=True,
                           text=True, timeout=600)
     return _result(proc)
 
 
-@pytest.mark.parametrize("method", ["standard", "pgd_at", "trades", "mart", "mimae", "atent"])
+@pytest.mark.parametrize("method", sorted(methods.REGISTRY))
 def test_one_step_on_two_replicas_equals_one_device(equivalence, method):
     got = equivalence[method]
     assert got["moved"] > 1e-3, got  # the step changed the weights visibly
@@ -110,28 +58,6 @@ def test_the_equivalence_check_catches_per_replica_noise_and_a_per_replica_mean(
 
 
 # -- two worker processes ----------------------------------------------------------------------
-
-_WORKER_SCRIPT = textwrap.dedent("""
-    import json, sys
-    import keras, numpy as np
-    from tfrobust import training
-
-    output_dir, strategy, dump = sys.argv[1:4]
-
-    class Dump(keras.callbacks.Callback):
-        def on_train_end(self, logs=None):
-            np.savez(dump, *[v.numpy() for v in self.model.classifier.trainable_variables])
-
-    # MIMAE: its batch-level mutual information needs the cross-worker sum of the K x K joint.
-    config = training.TrainConfig(method="mimae", method_options={"lambda_mi": 2.0}, epochs=1, batch_size=32,
-                                  train_examples=192, attack_steps=2, eval_steps=2, eval_examples=64,
-                                  validation_size=64, checkpoint_every_steps=4, output_dir=output_dir,
-                                  strategy=strategy, verbose=0)
-    result = training.train(config, extra_callbacks=[Dump()])
-    print("RESULT" + json.dumps({"steps": result.steps, "traces": result.train_step_traces,
-                                 "adv_accuracy": result.adv_accuracy}))
-""")
-
 
 def _free_ports(n):
     sockets = [socket.socket() for _ in range(n)]
@@ -152,13 +78,14 @@ def test_two_workers_train_together_like_one_process(tmp_path):
     for index in range(2):
         tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
         procs.append(subprocess.Popen(
-            [sys.executable, "-c", _WORKER_SCRIPT, str(run), "multi_worker", str(tmp_path / f"w{index}.npz")],
+            [sys.executable, script("distribute_worker.py"), str(run), "multi_worker",
+             str(tmp_path / f"w{index}.npz")],
             env=_env(TF_CONFIG=tf_config, TMPDIR=str(worker_tmp)), stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, text=True))
     # The single-process reference runs meanwhile (a third process on a 2-core machine).
-    single = subprocess.run([sys.executable, "-c", _WORKER_SCRIPT, str(tmp_path / "single"), "one_device",
-                             str(tmp_path / "single.npz")], env=_env(), capture_output=True, text=True,
-                            timeout=600)
+    single = subprocess.run([sys.executable, script("distribute_worker.py"), str(tmp_path / "single"),
+                             "one_device", str(tmp_path / "single.npz")], env=_env(), capture_output=True,
+                            text=True, timeout=600)
     results = []
     try:
         for p in procs:

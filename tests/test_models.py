@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -12,6 +13,7 @@ import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from tfrobust.models import (  # noqa: E402
+    ARCHITECTURES,
     MIN_INPUT_SIZES,
     MODEL_NAMES,
     ModelError,
@@ -89,14 +91,22 @@ def _randomize(model: keras.Model, seed: int = 0) -> None:
     model.set_weights([v.astype(np.float32) for v in new])
 
 
-@pytest.fixture
-def mixed_float16():
+@contextlib.contextmanager
+def global_policy(name: str):
+    """Keras's process-wide dtype policy set to `name` inside the block, the previous one after
+    it (also when the block raises)."""
     old = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy("mixed_float16")
+    keras.mixed_precision.set_global_policy(name)
     try:
         yield
     finally:
         keras.mixed_precision.set_global_policy(old)
+
+
+@pytest.fixture
+def mixed_float16():
+    with global_policy("mixed_float16"):
+        yield
 
 
 # ---------------------------------------------------------------- API basics
@@ -108,6 +118,18 @@ def test_model_names_exact():
     )
     assert set(MIN_INPUT_SIZES) == set(MODEL_NAMES)
     assert issubclass(ModelError, ValueError)
+
+
+def test_one_table_of_architectures():
+    assert MODEL_NAMES == tuple(ARCHITECTURES)
+    assert MIN_INPUT_SIZES == {name: a.min_input_size for name, a in ARCHITECTURES.items()}
+    assert all(a.description and callable(a.build) for a in ARCHITECTURES.values())
+    # Only the WRN takes depth and width, and checks them before anything is built.
+    assert {name for name, a in ARCHITECTURES.items() if a.options} == {"wide_resnet"}
+    with pytest.raises(ModelError, match="depth"):
+        build_model("wide_resnet", (8, 8, 3), 10, depth=11, width=1)
+    assert build_model("tiny_cnn", (8, 8, 1), 10, depth=11).count_params() == build_model(
+        "tiny_cnn", (8, 8, 1), 10).count_params()
 
 
 def test_every_name_has_a_run_case():
@@ -150,7 +172,19 @@ def test_logits_float32_under_mixed_precision(name, mixed_float16):
 
 
 def test_mixed_precision_policy_restored():
-    assert keras.mixed_precision.global_policy().name == "float32"
+    """The `mixed_float16` fixture's switch is undone, also when the test body fails, so no later
+    test builds float16 layers by accident. Self-contained: it sets up the switch itself rather
+    than relying on the mixed-precision tests having run before it."""
+    before = keras.mixed_precision.global_policy().name
+    with pytest.raises(ZeroDivisionError):
+        with global_policy("mixed_float16"):
+            model = build_model("tiny_cnn", (8, 8, 1), 3)
+            assert {l.compute_dtype for l in model.layers if isinstance(l, keras.layers.Conv2D)} == {"float16"}
+            1 / 0  # noqa: B018 (a failing test body)
+    assert keras.mixed_precision.global_policy().name == before
+    model = build_model("tiny_cnn", (8, 8, 1), 3)
+    assert {l.compute_dtype for l in model.layers if isinstance(l, keras.layers.Conv2D)} == {
+        keras.mixed_precision.Policy(before).compute_dtype}
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)

@@ -14,6 +14,8 @@ import tempfile
 
 import tensorflow as tf
 
+from tfrobust import compat
+
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
 
 
@@ -47,9 +49,8 @@ def make_strategy(name: str = "auto") -> tf.distribute.Strategy:
 
 
 def is_multi_worker(strategy: tf.distribute.Strategy) -> bool:
-    """Whether `strategy` spans more than one process."""
-    extended = strategy.extended
-    return bool(getattr(extended, "_in_multi_worker_mode", lambda: False)())
+    """Whether `strategy` spans more than one process (a private TensorFlow test: see `compat`)."""
+    return compat.in_multi_worker_mode(strategy)
 
 
 def task() -> tuple[str, int]:

@@ -15,7 +15,7 @@ from typing import Callable
 import keras
 import tensorflow as tf
 
-from tfrobust import distribute, losses, rng
+from tfrobust import compat, losses, rng
 from tfrobust.attacks import pgd
 from tfrobust.methods.base import AttackConfig, LossOutput, Method, StepContext
 
@@ -49,16 +49,6 @@ def method_from_config(config: dict) -> Method:
     return cls(attack=AttackConfig(**config["attack"]), **config.get("options", {}))
 
 
-def _step_logs(metrics) -> dict[str, tf.Tensor]:
-    """What a step returns to Keras. Under MultiWorkerMirroredStrategy Keras 3 averages the
-    replicas' logs with `strategy.reduce(MEAN, axis=0)`, which needs a leading axis: shape [1]."""
-    logs = {m.name: m.result() for m in metrics}
-    if distribute.is_multi_worker(tf.distribute.get_strategy()):
-        logs = {k: tf.reshape(v, [1]) for k, v in logs.items()}
-    return logs
-
-
-@keras.saving.register_keras_serializable(package="tfrobust")
 class RobustModel(keras.Model):
     """Trains `classifier` with `method`; evaluates clean and PGD accuracy in inference mode.
 
@@ -147,13 +137,8 @@ class RobustModel(keras.Model):
         return cls(classifier, method, eval_attack=eval_attack, **config)
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        # Keras 3 reduces a first input batch across replicas here, which fails under
-        # MultiWorkerMirroredStrategy (keras-team/keras#20585); the model needs no symbolic build.
-        if distribute.is_multi_worker(self.distribute_strategy):
-            if not self.built:
-                self.build((None, *self.classifier.input_shape[1:]))
-            return
-        super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+        # A private Keras hook that fails under MultiWorkerMirroredStrategy: see compat.
+        compat.maybe_symbolic_build(self, (None, *self.classifier.input_shape[1:]), iterator, data_batch)
 
     def compile(self, *args, **kwargs):
         super().compile(*args, **kwargs)
@@ -210,7 +195,7 @@ class RobustModel(keras.Model):
         if self._train_eps is not None:
             self._train_eps.update_state(ctx.eps(self.method.attack))
             logs.append(self._train_eps)
-        return _step_logs(logs)
+        return compat.step_logs(logs)
 
     def _update_loss_metrics(self, out: LossOutput) -> list[keras.metrics.Metric]:
         total = out.per_example + tf.cast(out.batch_loss, tf.float32)
@@ -238,4 +223,4 @@ class RobustModel(keras.Model):
         self._adv_loss.update_state(losses.cross_entropy(adv_logits, y))
         self._clean_acc.update_state(y, clean_logits)
         self._adv_acc.update_state(y, adv_logits)
-        return _step_logs((self._loss_metric, self._clean_acc, self._adv_acc, self._adv_loss))
+        return compat.step_logs((self._loss_metric, self._clean_acc, self._adv_acc, self._adv_loss))

@@ -10,24 +10,18 @@ Every model built here is a functional ``keras.Model`` that
 * uses PyTorch-default BatchNorm (momentum 0.9 in Keras terms, eps 1e-5) and
   has no weight regularizers (the trainer applies weight decay).
 
-Architectures (see each module's docstring for the reference):
-
-=================  ============================================================
-``tiny_cnn``       small fast CNN for 8x8 digits (:mod:`.tiny`)
-``small_cnn``      TRADES MNIST SmallCNN (:mod:`.small_cnn`)
-``lenet5``         Madry et al. MNIST-challenge CNN (:mod:`.lenet5`)
-``resnet18``       CIFAR ResNet-18, kuangliu/pytorch-cifar (:mod:`.resnet`)
-``preact_resnet18`` CIFAR PreAct ResNet-18 (:mod:`.resnet`)
-``wide_resnet``    WRN-depth-width of TRADES (:mod:`.wide_resnet`)
-=================  ============================================================
+Architectures: the rows of :data:`ARCHITECTURES`, one per name (builder, smallest input, one
+line; each module's docstring names its reference). Adding one is a module and a row.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import keras
 
+from . import lenet5, resnet, small_cnn, tiny, wide_resnet
 from ._common import (
     ModelError,
     check_input_shape,
@@ -35,45 +29,39 @@ from ._common import (
     check_min_size,
     check_num_classes,
 )
-from .lenet5 import MIN_INPUT_SIZE as _LENET5_MIN
-from .lenet5 import build_lenet5
-from .resnet import MIN_INPUT_SIZE as _RESNET_MIN
-from .resnet import build_preact_resnet18, build_resnet18
-from .small_cnn import MIN_INPUT_SIZE as _SMALL_CNN_MIN
-from .small_cnn import build_small_cnn
-from .tiny import MIN_INPUT_SIZE as _TINY_MIN
-from .tiny import build_tiny_cnn
-from .wide_resnet import MIN_INPUT_SIZE as _WRN_MIN
-from .wide_resnet import build_wide_resnet, check_depth_width
 
-__all__ = ["MODEL_NAMES", "MIN_INPUT_SIZES", "ModelError", "build_model"]
+__all__ = ["ARCHITECTURES", "MIN_INPUT_SIZES", "MODEL_NAMES", "Architecture", "ModelError", "build_model"]
 
-MODEL_NAMES: tuple[str, ...] = (
-    "tiny_cnn",
-    "small_cnn",
-    "lenet5",
-    "resnet18",
-    "preact_resnet18",
-    "wide_resnet",
-)
+
+@dataclasses.dataclass(frozen=True)
+class Architecture:
+    """One row of the table: how to build an architecture and what it accepts."""
+
+    build: Callable[..., keras.Model]  # build(input_shape, num_classes, *, mean, std, **options)
+    min_input_size: int  # smallest accepted height and width
+    description: str
+    options: tuple[str, ...] = ()  # keyword arguments of `build_model` this builder also takes
+    check_options: Callable[..., None] | None = None  # raises ModelError on bad options
+
+
+ARCHITECTURES: dict[str, Architecture] = {
+    "tiny_cnn": Architecture(tiny.build_tiny_cnn, tiny.MIN_INPUT_SIZE, "small fast CNN for 8x8 digits"),
+    "small_cnn": Architecture(small_cnn.build_small_cnn, small_cnn.MIN_INPUT_SIZE, "TRADES MNIST SmallCNN"),
+    "lenet5": Architecture(lenet5.build_lenet5, lenet5.MIN_INPUT_SIZE, "Madry et al. MNIST-challenge CNN"),
+    "resnet18": Architecture(resnet.build_resnet18, resnet.MIN_INPUT_SIZE,
+                             "CIFAR ResNet-18 of kuangliu/pytorch-cifar"),
+    "preact_resnet18": Architecture(resnet.build_preact_resnet18, resnet.MIN_INPUT_SIZE,
+                                    "CIFAR PreAct ResNet-18"),
+    "wide_resnet": Architecture(wide_resnet.build_wide_resnet, wide_resnet.MIN_INPUT_SIZE,
+                                "WRN-depth-width of TRADES", options=("depth", "width"),
+                                check_options=wide_resnet.check_depth_width),
+}
+
+#: Architecture names, in table order.
+MODEL_NAMES: tuple[str, ...] = tuple(ARCHITECTURES)
 
 #: Smallest accepted height/width per architecture.
-MIN_INPUT_SIZES: dict[str, int] = {
-    "tiny_cnn": _TINY_MIN,
-    "small_cnn": _SMALL_CNN_MIN,
-    "lenet5": _LENET5_MIN,
-    "resnet18": _RESNET_MIN,
-    "preact_resnet18": _RESNET_MIN,
-    "wide_resnet": _WRN_MIN,
-}
-
-_BUILDERS: dict[str, Callable[..., keras.Model]] = {
-    "tiny_cnn": build_tiny_cnn,
-    "small_cnn": build_small_cnn,
-    "lenet5": build_lenet5,
-    "resnet18": build_resnet18,
-    "preact_resnet18": build_preact_resnet18,
-}
+MIN_INPUT_SIZES: dict[str, int] = {name: a.min_input_size for name, a in ARCHITECTURES.items()}
 
 
 def build_model(
@@ -115,23 +103,21 @@ def build_model(
             the architecture, bad WRN depth/width, ``mean``/``std`` length not
             equal to the channel count, ``std <= 0``, or ``num_classes < 2``.
     """
-    if name not in MODEL_NAMES:
+    if name not in ARCHITECTURES:
         raise ModelError(
             f"unknown model name {name!r}; accepted: {', '.join(MODEL_NAMES)}"
         )
+    arch = ARCHITECTURES[name]
+    options = {k: v for k, v in {"depth": depth, "width": width}.items() if k in arch.options}
     # Validate everything before touching the global random state.
     check_num_classes(num_classes)
-    if name == "wide_resnet":
-        check_depth_width(depth, width)
+    if arch.check_options is not None:
+        arch.check_options(**options)
     shape = check_input_shape(input_shape)
-    check_min_size(name, shape, MIN_INPUT_SIZES[name])
+    check_min_size(name, shape, arch.min_input_size)
     check_mean_std(mean, std, shape[2])
     if seed is not None:
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ModelError(f"seed must be an integer or None, got {seed!r}")
         keras.utils.set_random_seed(seed)
-    if name == "wide_resnet":
-        return build_wide_resnet(
-            shape, num_classes, mean=mean, std=std, depth=depth, width=width
-        )
-    return _BUILDERS[name](shape, num_classes, mean=mean, std=std)
+    return arch.build(shape, num_classes, mean=mean, std=std, **options)

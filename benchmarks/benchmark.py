@@ -1,10 +1,10 @@
 """Measure the compiled train step of each method: images/s, time relative to the clean step,
 XLA on and off, traces, peak memory.
 
-    python runners/benchmark.py                                   # digits default and MNIST SmallCNN
-    python runners/benchmark.py --models=small_cnn --methods=pgd_at,trades --attack_steps=10,40
+    python benchmarks/benchmark.py                                # digits default and MNIST SmallCNN
+    python benchmarks/benchmark.py --models=small_cnn --methods=pgd_at,trades --attack_steps=10,40
 
-Each configuration runs in a fresh process (see `tfrobust.benchmark` for what is measured).
+Each configuration runs in a fresh process (see `harness.py` beside this file for what is measured).
 Writes OUTPUT_DIR/benchmark.json and OUTPUT_DIR/benchmark.md and prints the table. Other jobs on
 the machine change absolute figures; ratios measured within one run are steadier.
 """
@@ -19,15 +19,18 @@ from absl import app, flags, logging
 from tfrobust import cli
 
 with cli.native_stderr_captured():
-    from tfrobust import benchmark, methods
+    import harness  # beside this file (its folder is sys.path[0])
+
+    from tfrobust import methods
 
 flags.DEFINE_list("models", ["tiny_cnn", "small_cnn"], f"Models, each on synthetic inputs of its preset shape "
-                  f"({', '.join(f'{m} {s[0][0]}x{s[0][1]}x{s[0][2]}' for m, s in benchmark.PRESETS.items())}).")
+                  f"({', '.join(f'{m} {s[0][0]}x{s[0][1]}x{s[0][2]}' for m, s in harness.PRESETS.items())}).")
 flags.DEFINE_list("methods", sorted(methods.REGISTRY), "Methods.")
 flags.DEFINE_list("attack_steps", ["10"], "Training-attack step counts (ATENT: Langevin steps).")
 flags.DEFINE_list("jit_compile", ["false", "true"], "XLA settings to measure.")
 flags.DEFINE_list("modes", ["tensors"], "tensors: the compiled step on ready tensors; fit: through Keras fit.")
-flags.DEFINE_integer("batch_size", 0, "Global batch (0: the model's preset: tiny_cnn 64, small_cnn 128).", lower_bound=0)
+flags.DEFINE_integer("batch_size", 0, "Global batch (0: the model's preset: tiny_cnn 64, small_cnn 128).",
+                     lower_bound=0)
 flags.DEFINE_integer("steps", 5, "Timed steps per repeat.", lower_bound=1)
 flags.DEFINE_integer("repeats", 3, "Timed repeats; the median is reported.", lower_bound=1)
 flags.DEFINE_integer("warmup", 1, "Untimed steps after the first (tracing) call.", lower_bound=0)
@@ -48,31 +51,31 @@ def fail(message: object, code: int = 2):
     cli.fail("benchmark.py", message, code)
 
 
-def cases_from_flags() -> list[benchmark.Case]:
-    unknown = [m for m in FLAGS.models if m not in benchmark.PRESETS]
+def cases_from_flags() -> list[harness.Case]:
+    unknown = [m for m in FLAGS.models if m not in harness.PRESETS]
     if unknown:
-        raise benchmark.BenchmarkError(f"models must be among {sorted(benchmark.PRESETS)}, got {unknown}")
+        raise harness.BenchmarkError(f"models must be among {sorted(harness.PRESETS)}, got {unknown}")
     unknown = [m for m in FLAGS.methods if m not in methods.REGISTRY]
     if unknown:
-        raise benchmark.BenchmarkError(f"methods must be among {sorted(methods.REGISTRY)}, got {unknown}")
+        raise harness.BenchmarkError(f"methods must be among {sorted(methods.REGISTRY)}, got {unknown}")
     try:
         steps = [int(s) for s in FLAGS.attack_steps]
     except ValueError:
-        raise benchmark.BenchmarkError(f"attack_steps must be integers, got {FLAGS.attack_steps}") from None
+        raise harness.BenchmarkError(f"attack_steps must be integers, got {FLAGS.attack_steps}") from None
     if not steps or min(steps) < 1:
-        raise benchmark.BenchmarkError(f"attack_steps must be integers >= 1, got {FLAGS.attack_steps}")
+        raise harness.BenchmarkError(f"attack_steps must be integers >= 1, got {FLAGS.attack_steps}")
     bad = [j for j in FLAGS.jit_compile if j.lower() not in _BOOLS]
     if bad or not FLAGS.jit_compile:
-        raise benchmark.BenchmarkError(f"jit_compile must list true and/or false, got {FLAGS.jit_compile}")
-    bad = [m for m in FLAGS.modes if m not in benchmark.MODES]
+        raise harness.BenchmarkError(f"jit_compile must list true and/or false, got {FLAGS.jit_compile}")
+    bad = [m for m in FLAGS.modes if m not in harness.MODES]
     if bad or not FLAGS.modes:
-        raise benchmark.BenchmarkError(f"modes must list values among {list(benchmark.MODES)}, got {FLAGS.modes}")
+        raise harness.BenchmarkError(f"modes must list values among {list(harness.MODES)}, got {FLAGS.modes}")
     if not FLAGS.models or not FLAGS.methods:
-        raise benchmark.BenchmarkError("models and methods must not be empty")
-    cases = benchmark.grid(FLAGS.models, FLAGS.methods, steps, [_BOOLS[j.lower()] for j in FLAGS.jit_compile],
-                           FLAGS.modes, batch_size=FLAGS.batch_size, steps=FLAGS.steps, repeats=FLAGS.repeats,
-                           warmup=FLAGS.warmup, mixed_precision=FLAGS.mixed_precision,
-                           inter_op_threads=FLAGS.inter_op_threads)
+        raise harness.BenchmarkError("models and methods must not be empty")
+    cases = harness.grid(FLAGS.models, FLAGS.methods, steps, [_BOOLS[j.lower()] for j in FLAGS.jit_compile],
+                         FLAGS.modes, batch_size=FLAGS.batch_size, steps=FLAGS.steps, repeats=FLAGS.repeats,
+                         warmup=FLAGS.warmup, mixed_precision=FLAGS.mixed_precision,
+                         inter_op_threads=FLAGS.inter_op_threads)
     for case in cases:
         case.validate()
     return cases
@@ -82,13 +85,13 @@ def main(argv: list[str]) -> None:
     logging.set_verbosity(logging.WARNING)
     try:
         cases = cases_from_flags()
-    except benchmark.BenchmarkError as e:
+    except harness.BenchmarkError as e:
         fail(e)
     threads = f", {FLAGS.inter_op_threads} inter-op thread(s)" if FLAGS.inter_op_threads else ""
     print(f"Measuring {len(cases)} configurations ({FLAGS.repeats} x {FLAGS.steps} timed steps each) on "
           f"{os.cpu_count()} CPU core(s), {platform.processor() or platform.machine()}{threads}.", flush=True)
 
-    def progress(r: benchmark.Result) -> None:
+    def progress(r: harness.Result) -> None:
         c = r.case
         if r.error:
             print(f"  {c.model} {c.method} steps={c.attack_steps} xla={'on' if c.jit_compile else 'off'} {c.mode}: "
@@ -98,18 +101,18 @@ def main(argv: list[str]) -> None:
               f"{r.images_per_second:.0f} images/s, traces {r.traces}", flush=True)
 
     try:
-        results = benchmark.run(cases, isolate=FLAGS.isolate, timeout=FLAGS.timeout, progress=progress)
-    except benchmark.BenchmarkError as e:
+        results = harness.run(cases, isolate=FLAGS.isolate, timeout=FLAGS.timeout, progress=progress)
+    except harness.BenchmarkError as e:
         fail(e, code=1)
     except KeyboardInterrupt:
         fail("interrupted", code=130)
     extra = {"cpu_count": os.cpu_count(), "machine": platform.machine(), "processor": platform.processor(),
              "load_average_at_end": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
-    json_path, md_path = benchmark.write(results, FLAGS.output_dir, extra)
+    json_path, md_path = harness.write(results, FLAGS.output_dir, extra)
     print()
-    print(benchmark.summary(results))
+    print(harness.summary(results))
     print()
-    print(benchmark.markdown(results))
+    print(harness.markdown(results))
     print(f"\nWrote {json_path} and {md_path}")
 
 

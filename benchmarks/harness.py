@@ -30,7 +30,10 @@ depend on the pixel values):
 `run` measures a list of cases, adds each one's time relative to the clean (`standard`) step of
 the same model, batch, XLA setting and mode; `markdown` (a row per case) and `summary` (XLA off
 and on side by side) format the results.
-Run it with `python runners/benchmark.py`.
+
+A tool for measuring the library, not part of it: it lives beside its runner (run
+`python benchmarks/benchmark.py`), and a child process runs this file as a script, so it is found
+from any working directory.
 """
 
 from __future__ import annotations
@@ -90,14 +93,15 @@ class Case:
                                    input_shape=tuple(self.input_shape or shape))
 
     def validate(self) -> None:
-        from tfrobust import methods  # noqa: PLC0415 (keeps `import tfrobust.benchmark` light)
+        from tfrobust import methods  # noqa: PLC0415 (keeps `import harness` light)
 
         if self.method not in methods.REGISTRY:
             raise BenchmarkError(f"method must be one of {sorted(methods.REGISTRY)}, got {self.method!r}")
         if self.mode not in MODES:
             raise BenchmarkError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.mixed_precision not in ("none", "mixed_float16", "mixed_bfloat16"):
-            raise BenchmarkError(f"mixed_precision must be none, mixed_float16 or mixed_bfloat16, got {self.mixed_precision!r}")
+            raise BenchmarkError("mixed_precision must be none, mixed_float16 or mixed_bfloat16, "
+                                 f"got {self.mixed_precision!r}")
         if (self.steps < 1 or self.repeats < 1 or self.warmup < 0 or self.batch_size < 0 or self.attack_steps < 0
                 or self.inter_op_threads < 0):
             raise BenchmarkError("steps and repeats must be >= 1; warmup, batch_size, attack_steps and "
@@ -270,19 +274,22 @@ def _time_fit(model, x, y, case: Case, memory: _TensorMemory) -> tuple[float, li
 
 
 _CHILD_MARK = "BENCHMARK_RESULT "
+_HERE = os.path.abspath(__file__)
+_ROOT = os.path.dirname(os.path.dirname(_HERE))  # the repository root, which holds tfrobust/
 
 
 def run_isolated(case: Case, timeout: float = 3600) -> Result:
     """Measure `case` in a fresh Python process (its own peak memory, no shared state); a case
     that takes longer than `timeout` seconds is stopped and returned as a failed result."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    # The child runs this file by its path (its folder becomes sys.path[0], whatever the working
+    # directory) and imports the tfrobust of this checkout (the repository root goes first on PYTHONPATH).
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3"),
-               PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               PYTHONPATH=_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
                TF_CPU_ALLOCATOR_USE_BFC="true")  # so that the CPU allocator counts tensor bytes
     payload = json.dumps(dataclasses.asdict(case))
     try:
-        proc = subprocess.run([sys.executable, "-m", "tfrobust.benchmark", payload], capture_output=True,
-                              text=True, env=env, timeout=timeout)
+        proc = subprocess.run([sys.executable, _HERE, payload], capture_output=True, text=True, env=env,
+                              timeout=timeout)
     except subprocess.TimeoutExpired:
         return Result.failed(case, f"timed out after {timeout:g} s")
     lines = [line for line in proc.stdout.splitlines() if line.startswith(_CHILD_MARK)]
