@@ -11,6 +11,7 @@ the machine change absolute figures; ratios measured within one run are steadier
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 
@@ -21,7 +22,8 @@ from tfrobust import cli
 with cli.native_stderr_captured():
     import harness  # beside this file (its folder is sys.path[0])
 
-    from tfrobust import methods
+    from tfrobust import files, methods
+    from tfrobust.errors import TfrobustError
 
 flags.DEFINE_list("models", ["tiny_cnn", "small_cnn"], f"Models, each on synthetic inputs of its preset shape "
                   f"({', '.join(f'{m} {s[0][0]}x{s[0][1]}x{s[0][2]}' for m, s in harness.PRESETS.items())}).")
@@ -42,6 +44,7 @@ flags.DEFINE_float("timeout", 900, "Seconds after which one configuration is sto
                    lower_bound=1)
 flags.DEFINE_bool("isolate", True, "Measure each configuration in a fresh process (needed for its peak memory).")
 flags.DEFINE_string("output_dir", "runs/benchmark", "Where benchmark.json and benchmark.md go.")
+flags.DEFINE_bool("overwrite", False, "Replace an earlier benchmark.json and benchmark.md in output_dir.")
 FLAGS = flags.FLAGS
 
 _BOOLS = {"true": True, "false": False, "on": True, "off": False, "1": True, "0": False}
@@ -72,6 +75,9 @@ def cases_from_flags() -> list[harness.Case]:
         raise harness.BenchmarkError(f"modes must list values among {list(harness.MODES)}, got {FLAGS.modes}")
     if not FLAGS.models or not FLAGS.methods:
         raise harness.BenchmarkError("models and methods must not be empty")
+    if not math.isfinite(FLAGS.timeout):
+        raise harness.BenchmarkError(f"timeout must be a finite number of seconds, got {FLAGS.timeout}")
+    files.check_output_dir(FLAGS.output_dir, harness.OUTPUT_FILES, FLAGS.overwrite, what="--output_dir")
     cases = harness.grid(FLAGS.models, FLAGS.methods, steps, [_BOOLS[j.lower()] for j in FLAGS.jit_compile],
                          FLAGS.modes, batch_size=FLAGS.batch_size, steps=FLAGS.steps, repeats=FLAGS.repeats,
                          warmup=FLAGS.warmup, mixed_precision=FLAGS.mixed_precision,
@@ -85,7 +91,7 @@ def main(argv: list[str]) -> None:
     logging.set_verbosity(logging.WARNING)
     try:
         cases = cases_from_flags()
-    except harness.BenchmarkError as e:
+    except TfrobustError as e:
         fail(e)
     threads = f", {FLAGS.inter_op_threads} inter-op thread(s)" if FLAGS.inter_op_threads else ""
     print(f"Measuring {len(cases)} configurations ({FLAGS.repeats} x {FLAGS.steps} timed steps each) on "

@@ -62,6 +62,9 @@ PRESETS: dict[str, tuple[tuple[int, int, int], int]] = {
 }
 
 
+OUTPUT_FILES = ("benchmark.json", "benchmark.md")  # what `write` writes
+
+
 class BenchmarkError(TfrobustError):
     """A case that cannot be measured; the message is one line."""
 

@@ -20,6 +20,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "tests", "scripts", "runner_cases.py")
 TRAIN = os.path.join(ROOT, "runners", "train.py")
 EVALUATE = os.path.join(ROOT, "runners", "evaluate.py")
+BENCHMARK = os.path.join(ROOT, "benchmarks", "benchmark.py")
 
 # (case id, arguments, what stderr must say). {out}: a fresh run directory that must not appear;
 # {tmp}: the case's own directory (its files were laid by `_lay_files`).
@@ -58,6 +59,13 @@ EVALUATE_CASES = [
     ("no model", ["--model=", "--output_dir={tmp}/x"], "--model is required"),
 ]
 
+BENCHMARK_CASES = [
+    ("timeout nan", ["--timeout=nan", "--output_dir={tmp}/x"], "timeout must be a finite number"),
+    ("output is a file", ["--output_dir={tmp}/a_file"], "is an existing file"),
+    ("output with a thesis", ["--output_dir={tmp}/thesis_dir", "--overwrite"], "did not write (thesis.pdf)"),
+    ("earlier results", ["--output_dir={tmp}/old_benchmark"], "--overwrite"),
+]
+
 
 def _npz(path, x_train, y_train, x_test, y_test):
     np.savez(path, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
@@ -79,6 +87,8 @@ def _lay_files(tmp):
     (tmp / "not_a_run" / "config.json").write_text(json.dumps({"learning_rate": 3}))
     (tmp / "not_a_run" / "notes.txt").write_text("mine")
     (tmp / "old_report" / "report.json").write_text("{}")
+    (tmp / "old_benchmark").mkdir()
+    (tmp / "old_benchmark" / "benchmark.md").write_text("earlier figures")
     (tmp / "a_file").write_text("not a directory")
 
 
@@ -135,6 +145,18 @@ def test_evaluate_runner_refuses_bad_input_before_writing(tmp_path):
     before = _listing(work)
     results = _run(EVALUATE, cases, work)
     for (case_id, _, message), result in zip(EVALUATE_CASES, results):
+        _assert_refused(case_id, result, message)
+    assert _listing(work) == before
+
+
+def test_benchmark_runner_refuses_bad_input_before_writing(tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    _lay_files(work)
+    cases = [[a.replace("{tmp}", str(work)) for a in argv] for _, argv, _ in BENCHMARK_CASES]
+    before = _listing(work)
+    results = _run(BENCHMARK, cases, work)
+    for (case_id, _, message), result in zip(BENCHMARK_CASES, results):
         _assert_refused(case_id, result, message)
     assert _listing(work) == before
 

@@ -15,6 +15,7 @@ import sys
 import traceback
 
 runner_path, cases_path = sys.argv[1], sys.argv[2]
+sys.path.insert(0, os.path.dirname(os.path.abspath(runner_path)))  # as when the runner runs as a script
 spec = importlib.util.spec_from_file_location("runner_under_test", runner_path)
 runner = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(runner)
