@@ -45,12 +45,34 @@ class TrainResult:
     suite_checks_passed: bool | None = None
 
 
+class CyclicLR(keras.optimizers.schedules.LearningRateSchedule):
+    """The one-cycle triangle of the fast-adversarial-training recipes (Wong et al. 2020, PyTorch's
+    `CyclicLR` with base 0 in `CIFAR10/train_fgsm.py`; N-FGSM's `train.py`): at optimizer step t,
+    lr(t) = peak_lr * max(0, min(t / peak_step, (total - t) / (total - peak_step))).
+    The first step runs at rate 0, as PyTorch's scheduler does."""
+
+    def __init__(self, peak_lr: float, peak_step: float, total_steps: float):
+        self.peak_lr, self.peak_step, self.total_steps = float(peak_lr), float(peak_step), float(total_steps)
+
+    def __call__(self, step):
+        t = tf.cast(step, tf.float32)
+        up = t / max(self.peak_step, 1e-9)
+        down = (self.total_steps - t) / max(self.total_steps - self.peak_step, 1e-9)
+        return self.peak_lr * tf.maximum(0.0, tf.minimum(up, down))
+
+    def get_config(self):
+        return {"peak_lr": self.peak_lr, "peak_step": self.peak_step, "total_steps": self.total_steps}
+
+
 def learning_rate(config: TrainConfig, steps_per_epoch: int):
     """The learning rate: a constant, or a per-step piecewise-constant or cosine schedule."""
     if config.lr_schedule == "piecewise":
         boundaries = [e * steps_per_epoch for e in config.lr_decay_epochs]
         values = [config.lr * config.lr_decay_factor**i for i in range(len(boundaries) + 1)]
         return keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
+    if config.lr_schedule == "cyclic":
+        total = config.epochs * steps_per_epoch
+        return CyclicLR(config.lr, (config.lr_peak_epoch or config.epochs / 2) * steps_per_epoch, total)
     if config.lr_schedule == "cosine":
         return keras.optimizers.schedules.CosineDecay(config.lr, decay_steps=config.epochs * steps_per_epoch)
     return config.lr
