@@ -310,3 +310,29 @@ def test_weight_averaging_under_mirrored_strategy_equals_one_device():
     got = json.loads(lines[-1][len("RESULT"):])
     assert got["avg_vs_raw"] > 1e-3, got  # the averages are not the weights
     assert got["averages"] < 1e-5 and got["weights"] < 1e-5 and got["loss"] < 1e-5, got
+
+
+def test_best_robust_checkpoint_in_a_users_own_fit_and_its_state_survives_a_restart(tmp_path, digits):
+    from tfrobust.callbacks import BestRobustCheckpoint
+    from tfrobust.robust_model import RobustModel
+    keras.utils.set_random_seed(0)
+    classifier = models.build_model("tiny_cnn", digits.image_shape, digits.num_classes)
+    model = RobustModel(classifier, build("standard", AttackConfig(eps=0.02, step_size=0.01, steps=2)))
+    model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9))
+    x, y = np.asarray(digits.x_train[:256], np.float32), digits.y_train[:256].astype(np.int32)
+    val = tf.data.Dataset.from_tensor_slices((x[:64], y[:64])).batch(64)
+    best = BestRobustCheckpoint(str(tmp_path / "best"), patience=1, export_path=str(tmp_path / "savedmodel_best"),
+                                verbose=False)
+    history = model.fit(x, y, batch_size=32, epochs=3, validation_data=val, callbacks=[best], verbose=0)
+    values = history.history["val_adv_accuracy"]
+    assert best.best_epoch == 1 + int(np.argmax(values)) and best.best_value == pytest.approx(max(values))
+    saved = json.load(open(tmp_path / "best" / "best.json"))
+    assert saved["epoch"] == best.best_epoch and saved["step"] == 8 * best.best_epoch
+    reread = BestRobustCheckpoint(str(tmp_path / "best"), patience=1)  # a restarted run
+    assert (reread.best_epoch, reread.best_value) == (best.best_epoch, best.best_value)
+    assert reread.patience_exhausted(best.best_epoch + 1) and not reread.patience_exhausted(best.best_epoch)
+    restored = models.build_model("tiny_cnn", digits.image_shape, digits.num_classes)
+    tf.train.Checkpoint(model=restored).restore(best.latest_checkpoint).expect_partial()
+    probe = np.asarray(digits.x_test[:8], np.float32)
+    np.testing.assert_allclose(export.load_logits_fn(str(tmp_path / "savedmodel_best"))(probe).numpy(),
+                               restored(probe, training=False).numpy(), atol=1e-5)
