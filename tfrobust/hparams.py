@@ -9,7 +9,8 @@ trial id) and one scalar per metric at the final optimizer step.
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import tensorflow as tf
 from tensorboard.plugins.hparams import api as hp
