@@ -54,11 +54,21 @@ def main(argv: list[str]) -> None:
     print(f"\nRun: {result.run_dir}  ({result.steps} steps, train step traced {result.train_step_traces}x)")
     print(f"Test accuracy on {result.eval_examples} examples: clean {100 * result.clean_accuracy:.2f}%, "
           f"PGD-{a.eval_steps} ({a.norm} eps {a.eps:g}) {100 * result.adv_accuracy:.2f}%")
+    if result.best_epoch is not None:
+        print(f"Best model (epoch {result.best_epoch}, validation PGD {100 * result.best_val_adv_accuracy:.2f}%): "
+              f"clean {100 * result.best_clean_accuracy:.2f}%, PGD-{a.eval_steps} {100 * result.best_adv_accuracy:.2f}%"
+              f"  SavedModel: {result.best_export_path}")
+    if result.stopped_epoch is not None:
+        print(f"Early stopping ended the run after epoch {result.stopped_epoch}.")
+    for event in result.overfitting:
+        print(f"CATASTROPHIC OVERFITTING suspected at epoch {event['epoch']}: validation PGD accuracy "
+              f"{100 * event['value']:.2f}% (best {100 * event['best_value']:.2f}% at epoch {event['best_epoch']})")
     if result.suite_accuracy is not None:
         attacks = ", ".join(f"{k} {100 * v:.2f}%" for k, v in result.suite_accuracy.items())
         checks = "all sanity checks passed" if result.suite_checks_passed else "SANITY CHECKS WARN: read the report"
         print(f"Suite {a.eval_suite}: {attacks}; {checks} ({os.path.join(result.run_dir, 'evaluation', 'report.md')})")
-    print(f"SavedModel: {result.export_path}")
+    averaged = " (weight averages; raw weights: checkpoints/, object 'model')" if a.weight_averaging != "none" else ""
+    print(f"SavedModel: {result.export_path}{averaged}")
     print(f"TensorBoard: tensorboard --logdir {os.path.join(result.run_dir, 'logs')}")
 
 

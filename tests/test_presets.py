@@ -21,3 +21,5 @@ def test_every_preset_parses_and_validates():
     assert len(lines) == len(presets)
     assert any("atent mnist small_cnn ['alpha', 'noise', 'projection']" in l for l in lines), lines
     assert "mnist_mimae.cfg mimae mnist small_cnn ['lambda_mae', 'lambda_mi', 'natural_weight']" in lines, lines
+    assert "mnist_fgsm_rs.cfg fgsm_rs mnist lenet5 ['clip_start']" in lines, lines
+    assert "cifar10_n_fgsm.cfg n_fgsm cifar10 preact_resnet18 ['nfgsm_clip', 'noise_radius']" in lines, lines

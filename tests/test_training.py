@@ -116,6 +116,9 @@ def _run_cli(*args, timeout=120):
     (["--eval_suite=everything"], "eval_suite"),
     (["--eps_warmup_epochs=-1"], "eps_warmup_epochs"),
     (["--eval_suite=quick", "--eps=0"], "eval_suite"),
+    (["--early_stopping_patience=2", "--validation_size=0"], "early_stopping_patience"),
+    (["--lr_schedule=cyclic", "--lr_peak_epoch=5", "--epochs=3"], "lr_peak_epoch"),
+    (["--ema_decay=1"], "ema_decay"),
     (["stray"], "unexpected"),
 ])
 def test_bad_flags_fail_with_one_line_and_exit_2(tmp_path, args, fragment):

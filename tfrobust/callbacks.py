@@ -1,15 +1,20 @@
 """Keras callbacks of a training run: throughput, adversarial image grids, step checkpoints,
-and stopping on a non-finite loss with the step named."""
+stopping on a non-finite loss with the step named, and the best-robust-accuracy checkpoint with
+early stopping and the catastrophic-overfitting report."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import math
+import os
 import time
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from tfrobust import export, files
 from tfrobust.errors import TfrobustError
 
 
@@ -138,3 +143,127 @@ class AdversarialImages(keras.callbacks.Callback):
         with self.writer.as_default(), tf.summary.record_if(True):
             tf.summary.image("clean_adversarial_perturbation", grid, step=epoch)
         self.writer.flush()
+
+
+class BestRobustCheckpoint(keras.callbacks.Callback):
+    """Keeps the model with the best validation robust accuracy, stops early, and reports catastrophic
+    overfitting. Add it to any `fit` of a `RobustModel` that has `validation_data`:
+
+        best = BestRobustCheckpoint("run/checkpoints/best", patience=5, export_path="run/savedmodel_best")
+        robust.fit(train, validation_data=val, epochs=30, callbacks=[best])
+        tf.train.Checkpoint(model=robust.classifier).restore(best.latest_checkpoint).expect_partial()
+
+    After every epoch whose logs hold `monitor` (`val_adv_accuracy`, the validation PGD accuracy):
+
+    * better than the best so far (strictly): the checkpoint is saved in `directory` (a manager of
+      its own keeping one checkpoint, named `best-STEP`, which the rolling checkpoints' rotation never
+      touches), the evaluated classifier (the weight averages if the model keeps them) is exported
+      to `export_path`, and `best.json` ({epoch, step, monitor, value, overfitting}, epochs counted
+      from 1) records it, last, so a resumed run knows the best so far;
+    * more than `overfit_drop` below the best: catastrophic overfitting (Wong et al. 2020 stop when
+      a PGD accuracy falls by 0.2 from one epoch to the next): one console line, and the epoch is
+      appended to `overfitting`;
+    * with `patience` > 0, training stops once `patience` epochs have passed since the best one
+      (computed from the recorded best epoch, so the count survives a restart).
+
+    Args:
+        directory: where the best checkpoint and best.json go.
+        checkpoint: what to save (default: `tf.train.Checkpoint(model=classifier)`, plus the
+            model's `weight_average` if it has one).
+        state_file: where best.json is read from (default `directory/best.json`); `write_state=False`
+            keeps it from being written (non-chief workers of a multi-worker run).
+    """
+
+    STATE_FILE = "best.json"
+
+    def __init__(self, directory: str, *, checkpoint: tf.train.Checkpoint | None = None,
+                 monitor: str = "val_adv_accuracy", patience: int = 0, overfit_drop: float = 0.2,
+                 export_path: str | None = None, state_file: str | None = None, write_state: bool = True,
+                 verbose: bool = True):
+        super().__init__()
+        if patience < 0 or not 0 <= overfit_drop <= 1:
+            raise ValueError(f"patience must be >= 0 and overfit_drop in [0, 1], got {patience}, {overfit_drop}")
+        self.directory = directory
+        self.checkpoint = checkpoint
+        self.monitor = monitor
+        self.patience = int(patience)
+        self.overfit_drop = float(overfit_drop)
+        self.export_path = export_path
+        self.write_state = write_state
+        self.verbose = verbose
+        self._manager = None
+        state = _read_json(state_file or os.path.join(directory, self.STATE_FILE)) or {}
+        self.best_epoch: int | None = state.get("epoch")
+        self.best_step: int | None = state.get("step")
+        self.best_value: float | None = state.get("value")
+        self.overfitting: list[dict] = list(state.get("overfitting", []))
+        self.stopped_epoch: int | None = None
+
+    @property
+    def latest_checkpoint(self) -> str | None:
+        """The best checkpoint's path (None before the first one)."""
+        return tf.train.latest_checkpoint(self.directory)
+
+    def patience_exhausted(self, epochs_done: int) -> bool:
+        """Whether early stopping has been reached once `epochs_done` epochs are complete."""
+        return bool(self.patience) and self.best_epoch is not None and epochs_done - self.best_epoch >= self.patience
+
+    def _classifier(self):
+        return getattr(self.model, "classifier", self.model)
+
+    def _get_manager(self) -> tf.train.CheckpointManager:
+        if self._manager is None:
+            if self.checkpoint is None:
+                parts = {"model": self._classifier()}
+                if getattr(self.model, "weight_average", None) is not None:
+                    parts["weight_average"] = self.model.weight_average
+                self.checkpoint = tf.train.Checkpoint(**parts)
+            self._manager = tf.train.CheckpointManager(self.checkpoint, self.directory, max_to_keep=1,
+                                                       checkpoint_name="best")
+        return self._manager
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        if value is None:
+            return
+        value, epoch_number = float(value), epoch + 1
+        step = int(self.model.optimizer.iterations.numpy())
+        if self.best_value is not None and value < self.best_value - self.overfit_drop:
+            event = {"epoch": epoch_number, "step": step, "value": value, "best_epoch": self.best_epoch,
+                     "best_value": self.best_value}
+            self.overfitting.append(event)
+            if self.verbose:
+                print(f"\nCatastrophic overfitting suspected: {self.monitor} fell to {100 * value:.2f}% at epoch "
+                      f"{epoch_number}, from its best {100 * self.best_value:.2f}% at epoch {self.best_epoch}; "
+                      f"the best model is kept in {self.directory}", flush=True)
+        if self.best_value is None or value > self.best_value:
+            self._get_manager().save(checkpoint_number=step)
+            if self.export_path:
+                weights = getattr(self.model, "evaluated_weights", None)
+                with weights() if weights else contextlib.nullcontext():
+                    export.export_classifier(self._classifier(), self.export_path)
+            self.best_epoch, self.best_step, self.best_value = epoch_number, step, value
+        self._write_state()
+        if self.patience_exhausted(epoch_number):
+            self.stopped_epoch = epoch_number
+            self.model.stop_training = True
+            if self.verbose:
+                print(f"\nEarly stopping after epoch {epoch_number}: no better {self.monitor} for {self.patience} "
+                      f"epoch(s) since epoch {self.best_epoch} ({100 * self.best_value:.2f}%).", flush=True)
+
+    def _write_state(self):
+        if not self.write_state:
+            return
+        os.makedirs(self.directory, exist_ok=True)
+        files.write_json(os.path.join(self.directory, self.STATE_FILE),
+                         {"epoch": self.best_epoch, "step": self.best_step, "monitor": self.monitor,
+                          "value": self.best_value, "overfitting": self.overfitting})
+
+
+def _read_json(path: str) -> dict | None:
+    try:
+        with open(path) as f:
+            payload = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return payload if isinstance(payload, dict) else None

@@ -17,7 +17,8 @@ from tfrobust.errors import ConfigError
 from tfrobust.settings import setting
 
 OPTIMIZERS = ("sgd", "adam")
-LR_SCHEDULES = ("constant", "piecewise", "cosine")
+LR_SCHEDULES = ("constant", "piecewise", "cosine", "cyclic")
+WEIGHT_AVERAGING = ("none", "ema")
 MIXED_PRECISION = ("none", "mixed_float16", "mixed_bfloat16")
 NORMS = ("linf", "l2")
 VERBOSITY = (0, 1, 2)
@@ -82,7 +83,16 @@ class TrainConfig:
     lr_decay_epochs: tuple[int, ...] = setting((), "piecewise: epochs at which the rate is multiplied by "
                                                "lr_decay_factor.")
     lr_decay_factor: float = setting(0.1, "piecewise decay factor.", low=0, high=1, low_open=True)
+    lr_peak_epoch: float = setting(0.0, "cyclic: the epoch at which the rate peaks at --lr, rising linearly from 0 "
+                                   "and falling linearly to 0 at the last epoch (0: half of --epochs).", low=0)
     weight_decay: float = setting(0.0, "Coupled L2 weight decay (PyTorch SGD's).", low=0)
+    weight_averaging: str = setting("none", "Keep an exponential moving average (ema) of all model variables "
+                                    "(weights and batch-norm statistics); validation, the final evaluation and "
+                                    "savedmodel/ use it.", choices=WEIGHT_AVERAGING)
+    ema_decay: float = setting(0.999, "ema: decay d of avg <- d avg + (1 - d) w, once per step.", low=0, high=1,
+                               high_open=True)
+    ema_start_epoch: float = setting(0.0, "ema: the average follows the weights exactly until this epoch, then "
+                                     "averages.", low=0)
     # threat model and training attack
     eps: float = setting(0.1, "Perturbation budget (pixels in [0, 1]).", low=0)
     step_size: float = setting(0.025, "Training attack step size.", low=0)
@@ -93,6 +103,11 @@ class TrainConfig:
     eps_warmup_epochs: float = setting(0.0, "Ramp the training attack's eps and step size linearly from 0 to "
                                        "--eps over this many epochs (0: no ramp). Evaluation uses the full eps.",
                                        low=0)
+    early_stopping_patience: int = setting(0, "Stop after N epochs without a better validation PGD accuracy "
+                                           "(0: off; needs a validation split).", low=0, resumable=True)
+    overfit_drop: float = setting(0.2, "Report catastrophic overfitting when the validation PGD accuracy falls "
+                                  "more than this (a fraction, 0.2 = 20 points) below the best so far.", low=0,
+                                  high=1, resumable=True)
     eval_steps: int = setting(20, "PGD steps of validation and the final test evaluation.", low=1)
     eval_examples: int = setting(1000, "Test examples in the final evaluation (0: all).", low=0, resumable=True)
     eval_suite: str = setting("none", "After training, also run this evaluation suite at --eps on the "
@@ -180,6 +195,10 @@ def validate(config: TrainConfig) -> None:
     need(decay == sorted(set(decay)) and all(e > 0 for e in decay),
          f"lr_decay_epochs must be increasing positive epochs, got {decay}")
     need(config.lr_schedule != "piecewise" or decay, "lr_schedule=piecewise needs lr_decay_epochs")
+    need(not config.early_stopping_patience or config.validation_size > 0,
+         "early_stopping_patience needs a validation split (--validation_size > 0)")
+    need(config.lr_schedule != "cyclic" or config.lr_peak_epoch < config.epochs,
+         f"lr_peak_epoch must be below epochs ({config.epochs}), got {config.lr_peak_epoch:g}")
     need(config.norm != "linf" or config.eps <= 1,
          f"eps must be in [0, 1] for linf (pixels are in [0, 1]), got {config.eps}")
     need(config.validation_size < 1 or float(config.validation_size).is_integer(),

@@ -9,13 +9,14 @@ N-times-too-large updates. Weight decay is the coupled L2 of the PyTorch recipes
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from typing import Callable
 
 import keras
 import tensorflow as tf
 
-from tfrobust import compat, losses, rng
+from tfrobust import averaging, compat, distribute, losses, rng
 from tfrobust.attacks import pgd
 from tfrobust.methods.base import AttackConfig, LossOutput, Method, StepContext
 
@@ -64,6 +65,8 @@ class RobustModel(keras.Model):
             training sits on a chance-level plateau without it at short budgets. It is a function
             of the checkpointed step count, so a resumed run ramps exactly as an uninterrupted one.
             The `train_eps` metric logs the eps in use.
+        weight_average: a `tfrobust.averaging.WeightAverage` of `classifier`, updated after every
+            optimizer step; `evaluate` (and so validation inside `fit`) runs on the averages.
     """
 
     def __init__(
@@ -75,6 +78,7 @@ class RobustModel(keras.Model):
         weight_decay: float = 0.0,
         seed: int = 0,
         eps_warmup_steps: int = 0,
+        weight_average: averaging.WeightAverage | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -86,6 +90,7 @@ class RobustModel(keras.Model):
         if int(eps_warmup_steps) < 0:
             raise ValueError(f"eps_warmup_steps must be >= 0, got {eps_warmup_steps}")
         self.eps_warmup_steps = int(eps_warmup_steps)
+        self.weight_average = weight_average
         self.train_step_traces = 0  # counted at trace time: a compiled step traces once per run
         self._loss_metric = keras.metrics.Mean(name="loss")
         self._term_metrics = {n: keras.metrics.Mean(name=n) for n in method.term_names}
@@ -182,6 +187,8 @@ class RobustModel(keras.Model):
         ctx = StepContext(self.classifier, self.step_seed(), self.budget_scale())
         out, grads, _ = self.method.gradients(ctx, x, y, self._differentiate)
         self.optimizer.apply_gradients(zip(grads, self.classifier.trainable_variables))
+        if self.weight_average is not None:
+            self.weight_average.update(self.optimizer.iterations)
 
         logs = self._update_loss_metrics(out)
         clean_logits = out.clean_logits
@@ -205,6 +212,15 @@ class RobustModel(keras.Model):
         return [self._loss_metric, *(self._term_metrics[n] for n in out.terms)]
 
     # -- evaluation -----------------------------------------------------------------------
+
+    def evaluated_weights(self):
+        """A context in which the classifier holds the weights that are evaluated and exported:
+        the averages with weight averaging, else its own."""
+        return self.weight_average.swapped_in() if self.weight_average is not None else contextlib.nullcontext()
+
+    def evaluate(self, *args, **kwargs):
+        with self.evaluated_weights():  # also fit's validation, which calls evaluate
+            return super().evaluate(*args, **kwargs)
 
     def _eval_logits(self, x):
         return tf.cast(self.classifier(x, training=False), tf.float32)

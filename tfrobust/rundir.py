@@ -3,10 +3,15 @@ refused, and what --overwrite may remove.
 
     config.json      the configuration (`tfrobust.config.to_json`), written first; a rerun must match it
                      except for the settings marked resumable to continue the run
-    checkpoints/     tf.train checkpoints numbered by optimizer step (model, optimizer, RNG state)
-    logs/            TensorBoard: train/ and validation/ scalars, images/ adversarial image grids
-    savedmodel/      the exported classifier (`tfrobust.export`)
-    summary.json     final clean and PGD accuracy on the test split; its presence marks a finished run
+    checkpoints/     tf.train checkpoints numbered by optimizer step (model, optimizer, RNG state; with weight
+                     averaging also `weight_average`); checkpoints/best/ the best-validation-PGD checkpoint
+                     (best-STEP, never rotated away) and best.json (its epoch, step and accuracy)
+    logs/            TensorBoard: train/ and validation/ scalars, images/ adversarial image grids, hparams/
+                     the configuration and final accuracies for the HParams dashboard
+    savedmodel/      the exported classifier (`tfrobust.export`; the weight averages when averaging is on)
+    savedmodel_best/ the classifier of the best validation PGD accuracy (runs with a validation split)
+    summary.json     final clean and PGD accuracy on the test split (last and best model); its presence marks a
+                     finished run
 
 Under a multi-worker strategy only the chief decides; every worker learns its verdict.
 """

@@ -19,11 +19,14 @@ import keras
 import tensorflow as tf
 
 from tfrobust import callbacks as callbacks_lib
-from tfrobust import data, distribute, evaluation, export, files, methods, models, rundir
+from tfrobust import averaging, data, distribute, evaluation, export, files, hparams, methods, models, rundir
+from tfrobust import config as config_lib
 from tfrobust.config import TrainConfig, validate
 from tfrobust.errors import ConfigError, RunWriteError
 from tfrobust.methods.base import AttackConfig
 from tfrobust.robust_model import RobustModel, default_eval_attack
+
+BEST_DIR = os.path.join("checkpoints", "best")  # the best-validation checkpoint and best.json
 
 __all__ = ["ConfigError", "TrainConfig", "TrainResult", "attack_config", "build_optimizer", "learning_rate",
            "train", "validate"]
@@ -43,6 +46,36 @@ class TrainResult:
     # test examples; the full report is in run_dir/evaluation
     suite_accuracy: dict[str, float] | None = None
     suite_checks_passed: bool | None = None
+    # with a validation split: the epoch (from 1) of the best validation PGD accuracy, that accuracy,
+    # and the best model's test accuracy (clean and PGD; its export is savedmodel_best/)
+    best_epoch: int | None = None
+    best_val_adv_accuracy: float | None = None
+    best_clean_accuracy: float | None = None
+    best_adv_accuracy: float | None = None
+    best_export_path: str | None = None
+    stopped_epoch: int | None = None  # early stopping ended the run after this epoch
+    # catastrophic overfitting: the epochs whose validation PGD accuracy fell more than
+    # --overfit_drop below the best so far
+    overfitting: list[dict] = dataclasses.field(default_factory=list)
+
+
+class CyclicLR(keras.optimizers.schedules.LearningRateSchedule):
+    """The one-cycle triangle of the fast-adversarial-training recipes (Wong et al. 2020, PyTorch's
+    `CyclicLR` with base 0 in `CIFAR10/train_fgsm.py`; N-FGSM's `train.py`): at optimizer step t,
+    lr(t) = peak_lr * max(0, min(t / peak_step, (total - t) / (total - peak_step))).
+    The first step runs at rate 0, as PyTorch's scheduler does."""
+
+    def __init__(self, peak_lr: float, peak_step: float, total_steps: float):
+        self.peak_lr, self.peak_step, self.total_steps = float(peak_lr), float(peak_step), float(total_steps)
+
+    def __call__(self, step):
+        t = tf.cast(step, tf.float32)
+        up = t / max(self.peak_step, 1e-9)
+        down = (self.total_steps - t) / max(self.total_steps - self.peak_step, 1e-9)
+        return self.peak_lr * tf.maximum(0.0, tf.minimum(up, down))
+
+    def get_config(self):
+        return {"peak_lr": self.peak_lr, "peak_step": self.peak_step, "total_steps": self.total_steps}
 
 
 def learning_rate(config: TrainConfig, steps_per_epoch: int):
@@ -51,6 +84,9 @@ def learning_rate(config: TrainConfig, steps_per_epoch: int):
         boundaries = [e * steps_per_epoch for e in config.lr_decay_epochs]
         values = [config.lr * config.lr_decay_factor**i for i in range(len(boundaries) + 1)]
         return keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
+    if config.lr_schedule == "cyclic":
+        total = config.epochs * steps_per_epoch
+        return CyclicLR(config.lr, (config.lr_peak_epoch or config.epochs / 2) * steps_per_epoch, total)
     if config.lr_schedule == "cosine":
         return keras.optimizers.schedules.CosineDecay(config.lr, decay_steps=config.epochs * steps_per_epoch)
     return config.lr
@@ -134,12 +170,18 @@ def _train(config: TrainConfig, method: methods.Method, extra_callbacks: Sequenc
         mean, std = (splits.mean, splits.std) if config.normalize else (None, None)
         classifier = models.build_model(config.model, splits.image_shape, splits.num_classes, mean=mean, std=std,
                                         depth=config.wrn_depth, width=config.wrn_width)
+        weight_average = (averaging.WeightAverage(classifier, config.ema_decay,
+                                                  round(config.ema_start_epoch * steps_per_epoch))
+                          if config.weight_averaging == "ema" else None)
         robust = RobustModel(classifier, method, weight_decay=config.weight_decay, seed=config.seed,
                              eval_attack=default_eval_attack(method.attack, config.eval_steps),
-                             eps_warmup_steps=round(config.eps_warmup_epochs * steps_per_epoch))
+                             eps_warmup_steps=round(config.eps_warmup_epochs * steps_per_epoch),
+                             weight_average=weight_average)
         jit = "auto" if config.jit_compile is None else config.jit_compile
         robust.compile(optimizer=build_optimizer(config, steps_per_epoch), jit_compile=jit)
         checkpoint = tf.train.Checkpoint(model=classifier, optimizer=robust.optimizer)
+        if weight_average is not None:  # the averages beside the raw weights (`model`)
+            checkpoint.weight_average = weight_average
         manager = tf.train.CheckpointManager(checkpoint, os.path.join(write_dir, "checkpoints"), max_to_keep=3)
         # Every worker restores the chief's checkpoint (multi-worker runs need a shared output_dir).
         latest = tf.train.latest_checkpoint(os.path.join(run_dir, "checkpoints")) if resuming else None
@@ -162,15 +204,21 @@ def _train(config: TrainConfig, method: methods.Method, extra_callbacks: Sequenc
         callbacks_lib.TensorBoard(logdir, update_freq=config.log_every_steps),
         callbacks_lib.AdversarialImages(os.path.join(logdir, "images"), show[0].numpy(), show[1].numpy()),
     ] if chief else []
+    validation = (data.eval_dataset(splits.x_val, splits.y_val, batch_size=config.batch_size)
+                  if len(splits.x_val) else None)
+    best = callbacks_lib.BestRobustCheckpoint(
+        os.path.join(write_dir, BEST_DIR), checkpoint=checkpoint, patience=config.early_stopping_patience,
+        overfit_drop=config.overfit_drop, export_path=os.path.join(write_dir, "savedmodel_best"),
+        state_file=os.path.join(run_dir, BEST_DIR, callbacks_lib.BestRobustCheckpoint.STATE_FILE),
+        write_state=chief, verbose=chief) if validation is not None else None
     callbacks = [
         callbacks_lib.StopOnNonFiniteLoss(),
         callbacks_lib.Throughput(config.batch_size),
         *summaries,
         callbacks_lib.StepCheckpoint(manager, config.checkpoint_every_steps),
+        *([best] if best else []),
         *extra_callbacks,
     ]
-    validation = (data.eval_dataset(splits.x_val, splits.y_val, batch_size=config.batch_size)
-                  if len(splits.x_val) else None)
     history: dict[str, list[float]] = {}
 
     def fit(first_epoch: int, last_epoch: int, skip_batches: int) -> None:
@@ -183,13 +231,17 @@ def _train(config: TrainConfig, method: methods.Method, extra_callbacks: Sequenc
         for k, v in h.history.items():
             history.setdefault(k, []).extend(float(x) for x in v)
 
+    def stopped(epochs_done: int) -> bool:  # early stopping, also when a stopped run is rerun
+        return best is not None and best.patience_exhausted(epochs_done)
+
     if start_epoch < config.epochs and skip:  # finish the interrupted epoch first
         fit(start_epoch, start_epoch + 1, skip)
         start_epoch += 1
-    if start_epoch < config.epochs:
+    if start_epoch < config.epochs and not stopped(start_epoch):
         fit(start_epoch, config.epochs, 0)
 
-    export_path = export.export_classifier(classifier, os.path.join(write_dir, "savedmodel"))
+    with robust.evaluated_weights():  # the weight averages, with averaging on
+        export_path = export.export_classifier(classifier, os.path.join(write_dir, "savedmodel"))
     if not chief:  # its copy is deleted; the run's export is the chief's
         export_path = os.path.abspath(os.path.join(run_dir, "savedmodel"))
     limit = config.eval_examples or None
@@ -208,11 +260,42 @@ def _train(config: TrainConfig, method: methods.Method, extra_callbacks: Sequenc
         result.suite_accuracy = {**{label: acc[0] for label, acc in report.accuracy.items()},
                                  "worst_case": report.worst_case[0]}
         result.suite_checks_passed = report.passed
+    if best is not None and best.latest_checkpoint:
+        _evaluate_best(result, best, checkpoint, robust, test, run_dir, chief, steps_per_epoch, config.epochs)
+    if chief:
+        hparams.write(logdir, config_lib.to_json(config), _final_metrics(result), result.steps, trial_id=run_dir)
     summary = dataclasses.asdict(result)
     summary["eval_attack"] = dataclasses.asdict(robust.eval_attack)
     if chief:
         files.write_json(os.path.join(run_dir, rundir.SUMMARY_FILE), summary)
     return result
+
+
+def _evaluate_best(result: TrainResult, best: callbacks_lib.BestRobustCheckpoint, checkpoint: tf.train.Checkpoint,
+                   robust: RobustModel, test: tf.data.Dataset, run_dir: str, chief: bool, steps_per_epoch: int,
+                   epochs: int) -> None:
+    """Fill in the best model's figures: restore its checkpoint (the last model is exported and
+    evaluated by now) and evaluate it on the same test examples."""
+    checkpoint.restore(best.latest_checkpoint).expect_partial()
+    scores = robust.evaluate(test, verbose=0, return_dict=True)
+    done = result.steps // steps_per_epoch
+    result.best_epoch, result.best_val_adv_accuracy = best.best_epoch, best.best_value
+    result.best_clean_accuracy = float(scores["clean_accuracy"])
+    result.best_adv_accuracy = float(scores["adv_accuracy"])
+    result.best_export_path = os.path.abspath(os.path.join(run_dir, "savedmodel_best"))
+    result.stopped_epoch = done if done < epochs and best.patience_exhausted(done) else None
+    result.overfitting = list(best.overfitting)
+
+
+def _final_metrics(result: TrainResult) -> dict[str, float]:
+    """The HParams metrics: test accuracies of the last (and best) model, and the suite's."""
+    metrics = {"test/clean_accuracy": result.clean_accuracy, "test/adv_accuracy": result.adv_accuracy}
+    if result.best_clean_accuracy is not None:
+        metrics.update({"test/best_clean_accuracy": result.best_clean_accuracy,
+                        "test/best_adv_accuracy": result.best_adv_accuracy})
+    for attack, accuracy in (result.suite_accuracy or {}).items():
+        metrics[f"suite/{attack}"] = accuracy
+    return metrics
 
 
 def _is_disk_error(error: tf.errors.OpError) -> bool:

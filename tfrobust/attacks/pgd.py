@@ -50,8 +50,7 @@ def pgd(
         ball.project(ball.random_start(x, eps, norm, start, seed, start_std), x, eps, norm), clip_min, clip_max)
 
     def step(x_adv):
-        grad, loss, _ = gradients.input_gradient(logits_fn, objective, x_adv, y)
-        moved = x_adv + step_size * ball.ascent_direction(grad, norm)
+        moved, loss = ascent_step(logits_fn, x_adv, y, step_size=step_size, norm=norm, objective=objective)
         return tf.clip_by_value(ball.project(moved, x, eps, norm), clip_min, clip_max), loss
 
     if not keep_best:
@@ -73,6 +72,23 @@ def pgd(
     last_loss = objective(logits_fn(x_adv), y)
     better = tf.reshape(last_loss > best_loss, [-1] + [1] * (x.shape.rank - 1))
     return tf.stop_gradient(tf.where(better, x_adv, best))
+
+
+def ascent_step(
+    logits_fn: objectives.LogitsFn,
+    x_adv: tf.Tensor,
+    y: tf.Tensor,
+    *,
+    step_size: float | tf.Tensor,
+    norm: str = "linf",
+    objective: objectives.Objective = objectives.cross_entropy,
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """One steepest-ascent step, neither projected nor clipped: (x' + step_size * d(grad_x' objective),
+    per-example objective at x'). PGD's step before its projection; the single-step training attacks
+    (FGSM-RS, N-FGSM) project and clip it their own way."""
+    step_size = ball.per_example(step_size, x_adv)
+    grad, loss, _ = gradients.input_gradient(logits_fn, objective, x_adv, y)
+    return x_adv + step_size * ball.ascent_direction(grad, norm), loss
 
 
 def fgsm(

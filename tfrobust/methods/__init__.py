@@ -8,13 +8,16 @@ from typing import Any, Mapping
 from tfrobust.errors import ConfigError
 from tfrobust.methods.base import BN_MODES, AttackConfig, Differentiate, LossOutput, Method, StepContext
 from tfrobust.methods.atent import Atent
+from tfrobust.methods.fgsm_rs import FgsmRs
 from tfrobust.methods.mart import Mart
 from tfrobust.methods.mimae import Mimae
+from tfrobust.methods.n_fgsm import NFgsm
 from tfrobust.methods.pgd_at import PgdAt
 from tfrobust.methods.standard import Standard
 from tfrobust.methods.trades import Trades
 
-REGISTRY: dict[str, type[Method]] = {cls.name: cls for cls in (Standard, PgdAt, Trades, Mart, Mimae, Atent)}
+REGISTRY: dict[str, type[Method]] = {cls.name: cls for cls in (Standard, PgdAt, Trades, Mart, Mimae, Atent, FgsmRs,
+                                                                    NFgsm)}
 
 
 def hyperparameters(name: str) -> tuple[str, ...]:

@@ -1,0 +1,54 @@
+"""TensorBoard HParams: a run's configuration and its final accuracies, so that a sweep can be
+compared in the HParams dashboard (`tensorboard --logdir runs/`, tab HPARAMS).
+
+Each run writes, into RUN/logs/hparams/, the experiment's declaration (`hp.hparams_config`: the
+hyperparameters and the metrics), the session's values (`hp.hparams`, with the run directory as
+trial id) and one scalar per metric at the final optimizer step.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import tensorflow as tf
+from tensorboard.plugins.hparams import api as hp
+
+HPARAMS_DIR = "hparams"
+
+
+def flatten(config: Mapping[str, Any]) -> dict[str, bool | int | float | str]:
+    """HParams values (bool, int, float or str) from a config.json-style mapping: nested mappings
+    become dotted names (method_options.beta), lists become comma-separated text, None 'auto'."""
+    out: dict[str, bool | int | float | str] = {}
+    for key, value in config.items():
+        if isinstance(value, Mapping):
+            out.update({f"{key}.{k}": v for k, v in flatten(value).items()})
+        elif isinstance(value, (list, tuple)):
+            out[key] = ",".join(str(v) for v in value)
+        elif value is None:
+            out[key] = "auto"
+        elif isinstance(value, (bool, int, float, str)):
+            out[key] = value
+        else:
+            out[key] = str(value)
+    return out
+
+
+def write(logdir: str, config: Mapping[str, Any], metrics: Mapping[str, float], step: int,
+          trial_id: str | None = None) -> str:
+    """Write the HParams summaries of one run into `logdir`/hparams; returns that directory.
+    `metrics` maps tags (e.g. test/adv_accuracy) to final values."""
+    directory = os.path.join(logdir, HPARAMS_DIR)
+    values = flatten(config)
+    writer = tf.summary.create_file_writer(directory)
+    with writer.as_default():
+        hp.hparams_config(hparams=[hp.HParam(name) for name in sorted(values)],
+                          metrics=[hp.Metric(tag) for tag in sorted(metrics)])
+        hp.hparams(values, trial_id=trial_id)
+        for tag, value in sorted(metrics.items()):
+            tf.summary.scalar(tag, float(value), step=step)
+    writer.flush()
+    writer.close()
+    return directory
