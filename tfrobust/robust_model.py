@@ -16,7 +16,7 @@ from typing import Callable
 import keras
 import tensorflow as tf
 
-from tfrobust import averaging, compat, distribute, losses, rng
+from tfrobust import averaging, compat, losses, rng
 from tfrobust.attacks import pgd
 from tfrobust.methods.base import AttackConfig, LossOutput, Method, StepContext
 
@@ -50,6 +50,7 @@ def method_from_config(config: dict) -> Method:
     return cls(attack=AttackConfig(**config["attack"]), **config.get("options", {}))
 
 
+@keras.saving.register_keras_serializable(package="tfrobust")
 class RobustModel(keras.Model):
     """Trains `classifier` with `method`; evaluates clean and PGD accuracy in inference mode.
 
