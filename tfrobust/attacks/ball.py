@@ -7,6 +7,7 @@ Pure, traceable functions; eps may be a Python number, a scalar tensor or a per-
 
 from __future__ import annotations
 
+import keras
 import tensorflow as tf
 
 from tfrobust import rng
@@ -19,6 +20,13 @@ _TINY = 1e-12
 def check_norm(norm: str) -> None:
     if norm not in NORMS:
         raise ValueError(f"unknown norm {norm!r}; expected one of {NORMS}")
+
+
+def as_images(x: tf.Tensor) -> tf.Tensor:
+    """A batch of images as a tensor of the compute dtype `keras.config.floatx()` (float32, or
+    float64 after `keras.config.set_floatx("float64")`; float32 under mixed precision, whose models
+    take float32 pixels)."""
+    return tf.cast(tf.convert_to_tensor(x), keras.config.floatx())
 
 
 def per_example(value: float | tf.Tensor, x: tf.Tensor) -> tf.Tensor:
