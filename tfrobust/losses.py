@@ -53,7 +53,7 @@ def mart_boosted_cross_entropy(adv_logits: tf.Tensor, labels: tf.Tensor) -> tf.T
     """
     adv_probs = tf.nn.softmax(as_float(adv_logits))
     true_mask = true_class_mask(labels, adv_probs)
-    best_wrong = tf.reduce_max(tf.where(true_mask, -1.0, adv_probs), axis=-1)
+    best_wrong = tf.reduce_max(tf.where(true_mask, -tf.ones_like(adv_probs), adv_probs), axis=-1)
     return cross_entropy(adv_logits, labels) - tf.math.log(1.0001 - best_wrong + 1e-12)
 
 

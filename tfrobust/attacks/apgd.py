@@ -113,7 +113,7 @@ def apgd_run(
         return tf.logical_and(s["i"] < steps, tf.reduce_any(tf.logical_not(s["fooled"])))
 
     def body(s):
-        a = tf.cast(tf.where(s["i"] > 0, momentum, 1.0), x.dtype)
+        a = tf.where(s["i"] > 0, ball.like(momentum, x), ball.like(1.0, x))
         x_cur = s["x_adv"]
         z = clip(x_cur + s["step"] * ball.ascent_direction(s["grad"], norm))
         x_new = clip(x_cur + a * (z - x_cur) + (1.0 - a) * (x_cur - s["x_old"]))
@@ -280,7 +280,7 @@ def apgd_targeted(
     if num_classes < 4:
         raise ValueError(f"APGD-T's targeted DLR loss needs at least 4 classes, got {num_classes}")
     n_targets = min(int(n_target_classes), num_classes - 1)
-    others = tf.where(tf.one_hot(y, num_classes) > 0.5, -float("inf"), clean_logits)
+    others = tf.where(tf.one_hot(y, num_classes) > 0.5, tf.constant(-float("inf"), clean_logits.dtype), clean_logits)
     targets = tf.math.top_k(others, k=n_targets).indices  # [B, n_targets]
     restarts = int(restarts)
 

@@ -52,11 +52,11 @@ def langevin_step(
     step_size = ball.per_example(step_size, x_adv)
     moved = x_adv + step_size * ball.ascent_direction(grad, norm)
     if norm == "l2" and not (isinstance(gamma, (int, float)) and gamma == 0):
-        moved += tf.cast(gamma, x_adv.dtype) * (x - x_adv)
+        moved += ball.like(gamma, x_adv) * (x - x_adv)
     if not (isinstance(noise, (int, float)) and noise == 0):
         if seed is None:
             raise ValueError("langevin_step with noise needs a seed")
-        scale = tf.cast(noise, x_adv.dtype) * tf.sqrt(2.0 * step_size)
+        scale = ball.like(noise, x_adv) * tf.sqrt(2.0 * step_size)
         moved += scale * rng.normal(seed, x_adv)
     if project:
         if eps is None:

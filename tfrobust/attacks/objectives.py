@@ -27,8 +27,8 @@ def margin(logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
     """Carlini-Wagner margin max_{k != y} z_k - z_y per example (positive when misclassified)."""
     logits = losses.as_float(logits)
     true_mask = losses.true_class_mask(labels, logits)
-    true_logit = tf.reduce_sum(tf.where(true_mask, logits, 0.0), axis=-1)
-    other_best = tf.reduce_max(tf.where(true_mask, -float("inf"), logits), axis=-1)
+    true_logit = tf.reduce_sum(tf.where(true_mask, logits, tf.zeros_like(logits)), axis=-1)
+    other_best = tf.reduce_max(tf.where(true_mask, tf.constant(-float("inf"), logits.dtype), logits), axis=-1)
     return other_best - true_logit
 
 

@@ -78,7 +78,7 @@ def pgd(
         best = tf.where(tf.reshape(better, [-1] + [1] * (x.shape.rank - 1)), x_adv, best)
         return i + 1, moved, best, tf.maximum(loss, best_loss)
 
-    neg_inf = tf.fill(tf.shape(y), -float("inf"))
+    neg_inf = tf.fill(tf.shape(y), tf.constant(-float("inf"), x.dtype))
     _, x_adv, best, best_loss = tf.while_loop(
         lambda i, *_: i < steps, body, (tf.constant(0), x_adv, x_adv, neg_inf)
     )
