@@ -480,3 +480,12 @@ def test_wide_resnet_initialization_is_the_trades_reference():
     assert not fc.bias.numpy().any()
     for bn in _kernels(model, keras.layers.BatchNormalization):
         assert (bn.gamma.numpy() == 1).all() and not bn.beta.numpy().any()
+
+
+def test_float64_is_refused_with_mixed_precision():
+    from tfrobust.config import TrainConfig, validate
+    from tfrobust.errors import ConfigError
+
+    validate(TrainConfig(dtype="float64"))
+    with pytest.raises(ConfigError, match="dtype=float64 cannot be combined with mixed_precision=mixed_float16"):
+        validate(TrainConfig(dtype="float64", mixed_precision="mixed_float16"))
