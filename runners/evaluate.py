@@ -17,6 +17,8 @@ from absl import app, flags, logging
 from tfrobust import cli
 
 with cli.native_stderr_captured():
+    import keras
+
     from tfrobust import data, evaluation, export, files
     from tfrobust.errors import TfrobustError
 
@@ -36,6 +38,8 @@ flags.DEFINE_string("output_dir", None, "Where to write the report; default: MOD
                     "or MODEL-evaluation (SavedModel).")
 flags.DEFINE_bool("overwrite", False, "Replace an existing report in output_dir.")
 flags.DEFINE_bool("verbose", True, "Progress bars.")
+flags.DEFINE_enum("dtype", None, ["float32", "float64"], "Compute dtype of the attacks and losses (the model "
+                  "runs in the dtype it was exported in); default: the run's dtype, else float32.")
 FLAGS = flags.FLAGS
 
 
@@ -77,6 +81,7 @@ def main(argv: list[str]) -> None:
     eps_values = _eps_values(run_config)
     norm = FLAGS.norm or run_config.get("norm", "linf")
     attacks = FLAGS.attacks or FLAGS.suite
+    keras.config.set_floatx(FLAGS.dtype or run_config.get("dtype", "float32"))
     try:
         specs = evaluation.resolve_attacks(attacks)
         logits_fn = export.load_logits_fn(savedmodel)

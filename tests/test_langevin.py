@@ -125,7 +125,7 @@ def all_graphs_gradients(method, model, seed, x, y, weight_decay):
     convention: split(seed) -> (start, noise), iterate l draws from fold_in(noise, l))."""
     a = method.attack
     start_seed, noise_seed = tf.unstack(rng.split(seed, 2))
-    x_l = tf.clip_by_value(x + a.eps * tf.sign(rng.normal(start_seed, x)), 0.0, 1.0)
+    x_l = x + a.eps * tf.sign(rng.normal(start_seed, x))  # not clipped before the first gradient (StochAT)
     steps = a.steps
     with tf.GradientTape() as tape:
         total = tf.zeros([BATCH])

@@ -44,10 +44,16 @@ def batch(seed: int = 0):
 
 def test_registry_and_hyperparameters():
     assert {"trades", "mart", "mimae", "atent"} <= set(methods.REGISTRY)
-    assert methods.hyperparameters("trades") == ("beta",)
-    assert methods.hyperparameters("mart") == ("beta",)
-    assert methods.hyperparameters("mimae") == ("lambda_mi", "lambda_mae", "mi_symmetric", "natural_weight")
-    assert methods.hyperparameters("atent") == ("noise", "gamma", "alpha", "projection", "start")
+    assert methods.hyperparameters("trades") == ("beta", "shared_target", "clip_start")
+    assert methods.hyperparameters("mart") == ("beta", "clip_start")
+    assert methods.hyperparameters("pgd_at") == ("clip_start",)
+    assert methods.hyperparameters("mimae") == ("lambda_mi", "lambda_mae", "mi_symmetric", "natural_weight",
+                                                "clip_start")
+    assert methods.hyperparameters("atent") == ("noise", "gamma", "alpha", "projection", "start", "clip_start")
+    # each method's default is its reference's: TRADES, MART and ATENT do not clip the random start
+    assert [build(n, ATTACK).clip_start for n in ("pgd_at", "trades", "mart", "mimae", "atent")] == [
+        True, False, False, True, False]
+    assert build("trades", ATTACK).shared_target is False
     method = build("trades", ATTACK, {"beta": 2.0})
     assert method.beta == 2.0 and method.attack == ATTACK
     with pytest.raises(ConfigError, match=r"no hyperparameter\(s\) \['betaa'\]"):  # a misspelled option

@@ -20,6 +20,7 @@ OPTIMIZERS = ("sgd", "adam")
 LR_SCHEDULES = ("constant", "piecewise", "cosine", "cyclic")
 WEIGHT_AVERAGING = ("none", "ema")
 MIXED_PRECISION = ("none", "mixed_float16", "mixed_bfloat16")
+DTYPES = ("float32", "float64")
 NORMS = ("linf", "l2")
 VERBOSITY = (0, 1, 2)
 # Attacks longer than this are almost always a typo; --allow_expensive lets them run.
@@ -127,6 +128,8 @@ class TrainConfig:
     strategy: str = setting("auto", "Distribution strategy.", choices=_strategies)
     jit_compile: bool | None = setting(None, "XLA-compile the train step; auto: Keras' choice (off on a CPU).")
     mixed_precision: str = setting("none", "Mixed-precision policy.", choices=MIXED_PRECISION)
+    dtype: str = setting("float32", "Compute dtype of models, attacks, losses and input pipelines (float64: "
+                         "for reference comparisons; not with mixed precision).", choices=DTYPES)
     autotune: bool = setting(False, "tf.data autotuning (off by default: on 2-core hosts it can stall a core).")
     verbose: int | None = setting(None, "Keras verbosity: 1 progress bars, 2 a line per epoch; auto: Keras' "
                                   "choice.", choices=VERBOSITY, resumable=True)
@@ -208,6 +211,8 @@ def validate(config: TrainConfig) -> None:
     longest = max(config.attack_steps, config.eval_steps)
     need(longest <= EXPENSIVE_ATTACK_STEPS or config.allow_expensive,
          f"an attack of {longest} steps per batch would take very long; pass --allow_expensive if you mean it")
+    need(config.dtype == "float32" or config.mixed_precision == "none",
+         f"dtype={config.dtype} cannot be combined with mixed_precision={config.mixed_precision}")
     need(config.eval_suite == "none" or config.eps > 0, "eval_suite needs eps > 0 (the suite attacks at --eps)")
     from tfrobust import methods
     wanted = methods.hyperparameters(config.method)

@@ -438,10 +438,14 @@ def _pad_crop_flip(batch: tf.Tensor, key: tf.Tensor) -> tf.Tensor:
 
 
 def _to_unit_float(images: tf.Tensor) -> tf.Tensor:
-    """float32 images in [0, 1] from uint8 (0..255) or float (already 0..1) images."""
+    """Images in [0, 1] of the compute dtype `keras.config.floatx()` (float32, or float64 for
+    reference comparisons) from uint8 (0..255) or float (already 0..1) images."""
+    import keras  # here, not at the top: the data layer needs Keras only for the compute dtype
+
+    dtype = keras.config.floatx()
     if images.dtype == tf.uint8:
-        return tf.cast(images, tf.float32) / 255.0
-    return tf.cast(images, tf.float32)
+        return tf.cast(images, dtype) / 255.0
+    return tf.cast(images, dtype)
 
 
 def eval_dataset(x: np.ndarray, y: np.ndarray, *, batch_size: int, limit: int | None = None) -> tf.data.Dataset:

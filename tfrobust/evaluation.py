@@ -38,7 +38,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfrobust.errors import TfrobustError
-from tfrobust import rng
+from tfrobust import losses, rng
 from tfrobust.attacks import apgd, ball, objectives, pgd, square, subbatch
 from tfrobust.attacks.objectives import LogitsFn
 
@@ -252,20 +252,22 @@ def attack_function(spec: AttackSpec, logits_fn: LogitsFn, norm: str,
 def _as_logits_fn(model_or_fn) -> LogitsFn:
     if isinstance(model_or_fn, keras.Model):
         model = model_or_fn
-        return lambda x: tf.cast(model(x, training=False), tf.float32)
+        return lambda x: losses.as_float(model(x, training=False))
     if not callable(model_or_fn):
         raise EvaluationError("logits_fn must be callable (images -> logits)")
-    return lambda x: tf.cast(model_or_fn(x), tf.float32)
+    return lambda x: losses.as_float(model_or_fn(x))
 
 
 def _to_unit(x: np.ndarray) -> np.ndarray:
+    """Images in [0, 1] of the compute dtype `keras.config.floatx()`."""
+    dtype = np.dtype(keras.config.floatx())
     if x.dtype == np.uint8:
-        return x.astype(np.float32) / 255.0
-    return x.astype(np.float32)
+        return x.astype(dtype) / 255.0
+    return x.astype(dtype)
 
 
 def load_arrays(data, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(x float32 NHWC in [0, 1], y int32) from (x, y) arrays or a tf.data.Dataset of (x, y)
+    """(x NHWC in [0, 1] of `keras.config.floatx()`, y int32) from (x, y) arrays or a tf.data.Dataset of (x, y)
     (batched or not), keeping the first `limit` examples."""
     if limit is not None and int(limit) < 1:
         raise EvaluationError(f"limit must be None or >= 1, got {limit}")
@@ -329,7 +331,7 @@ class _Runner:
         self.jit_compile = jit_compile
         self.progbar = progbar
         self.spans = _batches(len(x), self.batch_size)
-        x_spec = tf.TensorSpec([self.batch_size, *x.shape[1:]], tf.float32)
+        x_spec = tf.TensorSpec([self.batch_size, *x.shape[1:]], keras.config.floatx())
         y_spec = tf.TensorSpec([self.batch_size], tf.int32)
         self.x_spec, self.y_spec = x_spec, y_spec
         predict = lambda xb: tf.argmax(logits_fn(xb), axis=-1, output_type=tf.int32)  # noqa: E731
@@ -355,7 +357,7 @@ class _Runner:
             else:
                 compiled = tf.function(
                     fn, jit_compile=self.jit_compile,
-                    input_signature=[self.x_spec, self.y_spec, tf.TensorSpec([], tf.float32),
+                    input_signature=[self.x_spec, self.y_spec, tf.TensorSpec([], keras.config.floatx()),
                                      tf.TensorSpec([2], tf.int64)])
                 start_time = time.perf_counter()
                 compiled.get_concrete_function()  # trace now, so attack times exclude tracing
@@ -375,7 +377,7 @@ class _Runner:
         """Adversarial examples for all inputs and the wall time (without tracing, except for
         cleverhans, traced on the first call with each eps)."""
         fn = self.compiled(spec)
-        eps_arg = float(eps) if spec.name == "cleverhans_pgd" else tf.constant(eps, tf.float32)
+        eps_arg = float(eps) if spec.name == "cleverhans_pgd" else tf.constant(eps, keras.config.floatx())
         out = []
         start_time = time.perf_counter()
         for b, (start, stop) in enumerate(self.spans):

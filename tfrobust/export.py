@@ -1,7 +1,8 @@
 """SavedModel export of a trained classifier, and loading it back as a logits function.
 
-The SavedModel has one endpoint, `serve`: float32 images [N, H, W, C] in [0, 1] ->
-{"logits", "probabilities"}. It is written to a temporary sibling directory and renamed into
+The SavedModel has one endpoint, `serve`: images [N, H, W, C] in [0, 1] of the classifier's input
+dtype (float32; float64 for a model built under floatx float64) -> {"logits", "probabilities"} of
+the same dtype. It is written to a temporary sibling directory and renamed into
 place, so a crash never leaves a half-written export that looks complete.
 """
 
@@ -32,10 +33,11 @@ def export_classifier(classifier: keras.Model, path: str) -> str:
     os.makedirs(parent, exist_ok=True)
     archive = keras.export.ExportArchive()
     archive.track(classifier)
-    spec = tf.TensorSpec([None, *classifier.input_shape[1:]], tf.float32, name="images")
+    dtype = tf.as_dtype(classifier.inputs[0].dtype)
+    spec = tf.TensorSpec([None, *classifier.input_shape[1:]], dtype, name="images")
 
     def serve(images):
-        logits = tf.cast(classifier(images, training=False), tf.float32)
+        logits = tf.cast(classifier(images, training=False), dtype)
         return {"logits": logits, "probabilities": tf.nn.softmax(logits)}
 
     archive.add_endpoint(SERVING_ENDPOINT, serve, input_signature=[spec])
@@ -57,7 +59,8 @@ def export_classifier(classifier: keras.Model, path: str) -> str:
 
 
 def load_logits_fn(path: str) -> Callable[[tf.Tensor], tf.Tensor]:
-    """A differentiable function images -> float32 logits from a SavedModel: one written here (its
+    """A differentiable function images -> logits (of `keras.config.floatx()`) from a SavedModel,
+    which gets the images in its own input dtype: one written here (its
     `serve` returns a dict with `logits`) or by Keras' `model.export()` (its `serve` returns the
     model's output tensor, taken to be logits: the evaluation's checks flag probability outputs)."""
     if not os.path.isdir(path) or not os.path.exists(os.path.join(path, "saved_model.pb")):
@@ -66,9 +69,11 @@ def load_logits_fn(path: str) -> Callable[[tf.Tensor], tf.Tensor]:
     if not hasattr(loaded, SERVING_ENDPOINT):
         raise ExportError(f"SavedModel at {path!r} has no '{SERVING_ENDPOINT}' endpoint")
     serve = getattr(loaded, SERVING_ENDPOINT)
+    signature = serve.concrete_functions[0].structured_input_signature[0] if serve.concrete_functions else ()
+    input_dtype = signature[0].dtype if signature else tf.float32
 
     def logits_fn(images: tf.Tensor) -> tf.Tensor:
-        out = serve(tf.cast(images, tf.float32))
+        out = serve(tf.cast(images, input_dtype))
         if isinstance(out, dict):
             if "logits" not in out:
                 raise ExportError(f"the '{SERVING_ENDPOINT}' endpoint of {path!r} returns {sorted(out)}, no 'logits'")
@@ -76,7 +81,7 @@ def load_logits_fn(path: str) -> Callable[[tf.Tensor], tf.Tensor]:
         elif isinstance(out, (list, tuple)):
             raise ExportError(f"the '{SERVING_ENDPOINT}' endpoint of {path!r} returns {len(out)} outputs; "
                               "expected one tensor of logits")
-        return tf.cast(out, tf.float32)
+        return tf.cast(out, keras.config.floatx())
 
     logits_fn.loaded = loaded  # keep the loaded object (and its variables) alive
     return logits_fn

@@ -3,17 +3,30 @@
 Every function returns per-example values (shape [B]) unless it says otherwise, so the caller
 decides how to average them (under a distribution strategy: over the global batch). Nothing here
 knows about models, attacks or training.
+
+Dtypes: every function computes in the dtype of its logits (`as_float`): float64 logits give
+float64 losses (`keras.config.set_floatx("float64")`), float32 logits float32, and only half-precision
+logits (a mixed-precision model whose logits layer is not float32) are widened to float32.
 """
 
 from __future__ import annotations
 
 import tensorflow as tf
 
+_HALF = (tf.float16, tf.bfloat16)
+
+
+def as_float(values: tf.Tensor) -> tf.Tensor:
+    """`values` in the dtype losses are computed in: its own float dtype, float16/bfloat16 widened
+    to float32 (softmax and logarithms of half-precision logits underflow)."""
+    values = tf.convert_to_tensor(values)
+    return tf.cast(values, tf.float32) if values.dtype in _HALF else values
+
 
 def cross_entropy(logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
     """Softmax cross-entropy CE(z, y) per example."""
     return tf.nn.sparse_softmax_cross_entropy_with_logits(
-        labels=tf.cast(labels, tf.int32), logits=tf.cast(logits, tf.float32)
+        labels=tf.cast(labels, tf.int32), logits=as_float(logits)
     )
 
 
@@ -23,8 +36,8 @@ def kl_divergence(p_logits: tf.Tensor, q_logits: tf.Tensor) -> tf.Tensor:
     Computed from log-softmax on both sides: softmax underflows in float32 and a log of it gives
     NaN gradients (TRADES, Zhang et al. 2019, eq. 5, uses this KL with p the natural prediction).
     """
-    log_p = tf.nn.log_softmax(tf.cast(p_logits, tf.float32))
-    log_q = tf.nn.log_softmax(tf.cast(q_logits, tf.float32))
+    log_p = tf.nn.log_softmax(as_float(p_logits))
+    log_q = tf.nn.log_softmax(as_float(q_logits))
     return tf.reduce_sum(tf.exp(log_p) * (log_p - log_q), axis=-1)
 
 
@@ -38,22 +51,22 @@ def mart_boosted_cross_entropy(adv_logits: tf.Tensor, labels: tf.Tensor) -> tf.T
 
     The constants 1.0001 and 1e-12 are the reference implementation's guards against log(0).
     """
-    adv_probs = tf.nn.softmax(tf.cast(adv_logits, tf.float32))
+    adv_probs = tf.nn.softmax(as_float(adv_logits))
     true_mask = true_class_mask(labels, adv_probs)
-    best_wrong = tf.reduce_max(tf.where(true_mask, -1.0, adv_probs), axis=-1)
+    best_wrong = tf.reduce_max(tf.where(true_mask, -tf.ones_like(adv_probs), adv_probs), axis=-1)
     return cross_entropy(adv_logits, labels) - tf.math.log(1.0001 - best_wrong + 1e-12)
 
 
 def mart_weighted_kl(clean_logits: tf.Tensor, adv_logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
     """MART's regularizer (Wang et al. 2020, eq. 7): KL(p(x) || p(x')) * (1 - p_y(x)) per example."""
-    clean_probs = tf.nn.softmax(tf.cast(clean_logits, tf.float32))
+    clean_probs = tf.nn.softmax(as_float(clean_logits))
     true_prob = tf.gather(clean_probs, tf.cast(labels, tf.int32), batch_dims=1)
     return kl_divergence(clean_logits, adv_logits) * (1.0000001 - true_prob)
 
 
 def logit_mae(clean_logits: tf.Tensor, adv_logits: tf.Tensor) -> tf.Tensor:
     """Mean absolute error between clean and adversarial logits, per example (MIMAE-AT's MAE term)."""
-    diff = tf.cast(clean_logits, tf.float32) - tf.cast(adv_logits, tf.float32)
+    diff = as_float(clean_logits) - as_float(adv_logits)
     return tf.reduce_mean(tf.abs(diff), axis=-1)
 
 
@@ -62,7 +75,7 @@ def prediction_joint(p: tf.Tensor, q: tf.Tensor) -> tf.Tensor:
 
     A sum over examples, so the global-batch joint is the all-reduce SUM of per-replica joints.
     """
-    return tf.matmul(tf.cast(p, tf.float32), tf.cast(q, tf.float32), transpose_a=True)
+    return tf.matmul(as_float(p), as_float(q), transpose_a=True)
 
 
 def mutual_information(joint: tf.Tensor, symmetric: bool = True, floor: float = 1e-8) -> tf.Tensor:

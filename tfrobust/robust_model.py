@@ -167,7 +167,7 @@ class RobustModel(keras.Model):
         """The fraction of eps this step attacks with (see `eps_warmup_steps`)."""
         if not self.eps_warmup_steps:
             return 1.0
-        done = tf.cast(self.optimizer.iterations + 1, tf.float32)
+        done = tf.cast(self.optimizer.iterations + 1, keras.config.floatx())
         return tf.minimum(1.0, done / float(self.eps_warmup_steps))
 
     def _differentiate(self, loss_fn: Callable[[], LossOutput], regularize: bool):
@@ -175,9 +175,9 @@ class RobustModel(keras.Model):
         with tf.GradientTape() as tape:
             out = loss_fn()
             loss = tf.nn.compute_average_loss(out.per_example)
-            loss += tf.cast(out.batch_loss, tf.float32) / _num_replicas()
+            loss += tf.cast(out.batch_loss, loss.dtype) / _num_replicas()
             if regularize and self.weight_decay:
-                l2 = tf.add_n([tf.nn.l2_loss(tf.cast(v, tf.float32)) for v in variables])
+                l2 = tf.add_n([tf.cast(tf.nn.l2_loss(v), loss.dtype) for v in variables])
                 loss += tf.nn.scale_regularization_loss(self.weight_decay * l2)
             scaled = self.optimizer.scale_loss(loss)
         return out, tape.gradient(scaled, variables)
@@ -206,7 +206,7 @@ class RobustModel(keras.Model):
         return compat.step_logs(logs)
 
     def _update_loss_metrics(self, out: LossOutput) -> list[keras.metrics.Metric]:
-        total = out.per_example + tf.cast(out.batch_loss, tf.float32)
+        total = out.per_example + tf.cast(out.batch_loss, out.per_example.dtype)
         self._loss_metric.update_state(total)
         for name, value in out.terms.items():
             self._term_metrics[name].update_state(value)
@@ -224,7 +224,7 @@ class RobustModel(keras.Model):
             return super().evaluate(*args, **kwargs)
 
     def _eval_logits(self, x):
-        return tf.cast(self.classifier(x, training=False), tf.float32)
+        return losses.as_float(self.classifier(x, training=False))
 
     def adversarial_examples(self, x: tf.Tensor, y: tf.Tensor, seed: int | tf.Tensor = 0) -> tf.Tensor:
         """PGD examples of `eval_attack` against the classifier in inference mode."""

@@ -164,7 +164,10 @@ def _train(config: TrainConfig, method: methods.Method, extra_callbacks: Sequenc
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
-    keras.mixed_precision.set_global_policy("float32" if config.mixed_precision == "none" else config.mixed_precision)
+    # floatx before anything is built: models, metrics, attacks and the input pipelines follow it.
+    keras.config.set_floatx(config.dtype)
+    policy = config.dtype if config.mixed_precision == "none" else config.mixed_precision
+    keras.mixed_precision.set_global_policy(policy)
 
     with strategy.scope():
         mean, std = (splits.mean, splits.std) if config.normalize else (None, None)

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from tfrobust import rng
+from tfrobust import losses, rng
 from tfrobust.attacks import ball, gradients, objectives, subbatch
 
 APGD_LOSSES = ("ce", "dlr")
@@ -113,7 +113,7 @@ def apgd_run(
         return tf.logical_and(s["i"] < steps, tf.reduce_any(tf.logical_not(s["fooled"])))
 
     def body(s):
-        a = tf.where(s["i"] > 0, momentum, 1.0)
+        a = tf.where(s["i"] > 0, ball.like(momentum, x), ball.like(1.0, x))
         x_cur = s["x_adv"]
         z = clip(x_cur + s["step"] * ball.ascent_direction(s["grad"], norm))
         x_new = clip(x_cur + a * (z - x_cur) + (1.0 - a) * (x_cur - s["x_old"]))
@@ -132,7 +132,7 @@ def apgd_run(
 
         since = s["since"] + 1
         at_ckpt = tf.reduce_any(tf.equal(halving_points, s["i"] + 1))
-        cond1 = tf.cast(increases, tf.float32) < rho * tf.cast(since, tf.float32)
+        cond1 = tf.cast(increases, x.dtype) < rho * tf.cast(since, x.dtype)
         cond2 = tf.logical_and(tf.logical_not(s["reduced_ckpt"]), s["loss_best_ckpt"] >= loss_best)
         halve = tf.logical_and(at_ckpt, tf.logical_or(cond1, cond2))
         halve_x = _expand(halve, x)
@@ -224,7 +224,7 @@ def apgd(
         raise ValueError(f"unknown APGD loss {loss!r}; expected one of {APGD_LOSSES}")
     if int(steps) < 1 or int(restarts) < 1:
         raise ValueError(f"steps and restarts must be >= 1, got {steps} and {restarts}")
-    x = tf.convert_to_tensor(x, tf.float32)
+    x = ball.as_images(x)
     y = tf.cast(y, tf.int32)
     eps_b = ball.per_example(eps, x)
     seed = rng.as_seed(seed)
@@ -269,18 +269,18 @@ def apgd_targeted(
     ball.check_norm(norm)
     if int(steps) < 1 or int(restarts) < 1 or int(n_target_classes) < 1:
         raise ValueError("steps, restarts and n_target_classes must be >= 1")
-    x = tf.convert_to_tensor(x, tf.float32)
+    x = ball.as_images(x)
     y = tf.cast(y, tf.int32)
     eps_b = ball.per_example(eps, x)
     seed = rng.as_seed(seed)
-    clean_logits = tf.stop_gradient(tf.cast(logits_fn(x), tf.float32))
+    clean_logits = tf.stop_gradient(losses.as_float(logits_fn(x)))
     num_classes = clean_logits.shape[-1]
     if num_classes is None:
         raise ValueError("APGD-T needs a static number of classes in the logits")
     if num_classes < 4:
         raise ValueError(f"APGD-T's targeted DLR loss needs at least 4 classes, got {num_classes}")
     n_targets = min(int(n_target_classes), num_classes - 1)
-    others = tf.where(tf.one_hot(y, num_classes) > 0.5, -float("inf"), clean_logits)
+    others = tf.where(tf.one_hot(y, num_classes) > 0.5, tf.constant(-float("inf"), clean_logits.dtype), clean_logits)
     targets = tf.math.top_k(others, k=n_targets).indices  # [B, n_targets]
     restarts = int(restarts)
 

@@ -7,6 +7,7 @@ Pure, traceable functions; eps may be a Python number, a scalar tensor or a per-
 
 from __future__ import annotations
 
+import keras
 import tensorflow as tf
 
 from tfrobust import rng
@@ -21,9 +22,22 @@ def check_norm(norm: str) -> None:
         raise ValueError(f"unknown norm {norm!r}; expected one of {NORMS}")
 
 
+def as_images(x: tf.Tensor) -> tf.Tensor:
+    """A batch of images as a tensor of the compute dtype `keras.config.floatx()` (float32, or
+    float64 after `keras.config.set_floatx("float64")`; float32 under mixed precision, whose models
+    take float32 pixels)."""
+    return tf.cast(tf.convert_to_tensor(x), keras.config.floatx())
+
+
+def like(value: float | tf.Tensor, x: tf.Tensor) -> tf.Tensor:
+    """`value` as a tensor of x's dtype. A Python number is converted straight to that dtype:
+    `tf.cast(0.3, tf.float64)` would round 0.3 to float32 first (a 1e-8 relative error)."""
+    return tf.cast(tf.convert_to_tensor(value, dtype_hint=x.dtype), x.dtype)
+
+
 def per_example(value: float | tf.Tensor, x: tf.Tensor) -> tf.Tensor:
-    """A scalar or [B] value broadcastable against the batch `x` (shape [B, 1, 1, 1] or [])."""
-    value = tf.cast(tf.convert_to_tensor(value), x.dtype)
+    """A scalar or [B] value broadcastable against the batch `x` (shape [B, 1, 1, 1] or []), of x's dtype."""
+    value = like(value, x)
     if value.shape.rank == 1:
         value = tf.reshape(value, [-1] + [1] * (x.shape.rank - 1))
     return value

@@ -52,11 +52,11 @@ def langevin_step(
     step_size = ball.per_example(step_size, x_adv)
     moved = x_adv + step_size * ball.ascent_direction(grad, norm)
     if norm == "l2" and not (isinstance(gamma, (int, float)) and gamma == 0):
-        moved += tf.cast(gamma, x_adv.dtype) * (x - x_adv)
+        moved += ball.like(gamma, x_adv) * (x - x_adv)
     if not (isinstance(noise, (int, float)) and noise == 0):
         if seed is None:
             raise ValueError("langevin_step with noise needs a seed")
-        scale = tf.cast(noise, x_adv.dtype) * tf.sqrt(2.0 * step_size)
+        scale = ball.like(noise, x_adv) * tf.sqrt(2.0 * step_size)
         moved += scale * rng.normal(seed, x_adv)
     if project:
         if eps is None:
@@ -67,14 +67,19 @@ def langevin_step(
 
 def langevin_start(
     x: tf.Tensor, eps: float | tf.Tensor, norm: str, kind: str, seed: tf.Tensor,
-    clip_min: float = 0.0, clip_max: float = 1.0,
+    clip: bool = False, clip_min: float = 0.0, clip_max: float = 1.0,
 ) -> tf.Tensor:
     """x'_0: ATENT's random start ('corner': an l-inf corner x + eps sign(N(0, I)), or for l2 a
-    Gaussian direction of norm eps; 'none': x), clipped to the pixel range."""
+    Gaussian direction of norm eps; 'none': x).
+
+    Not clipped by default: the reference (`random_perturbation` in StochAT's `adversarial/utils.py`)
+    takes the first gradient at x + eps sign(N(0, I)) even where it leaves [0, 1]; each Langevin
+    step clips its result. `clip`: clip the start to [clip_min, clip_max] as well."""
     if kind not in ("corner", "none"):
         raise ValueError(f"unknown ATENT start {kind!r}; expected 'corner' or 'none'")
     eps = ball.per_example(eps, x)
-    return tf.clip_by_value(ball.random_start(x, eps, norm, kind, seed), clip_min, clip_max)
+    start = ball.random_start(x, eps, norm, kind, seed)
+    return tf.clip_by_value(start, clip_min, clip_max) if clip else start
 
 
 def iterate_weights(steps: int, alpha: float) -> list[float]:

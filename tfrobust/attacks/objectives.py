@@ -1,5 +1,6 @@
 """What an attack maximizes: functions `(logits, labels) -> per-example loss` ([B]), and the
-model an attack differentiates: a `LogitsFn` mapping a batch of images to float32 logits.
+model an attack differentiates: a `LogitsFn` mapping a batch of images to logits (the compute dtype:
+float32, or float64 under `keras.config.set_floatx("float64")`).
 
 Objectives that need more than the adversarial logits (the clean prediction) are built by a
 factory that closes over it, so every attack sees the same two-argument signature; the targeted
@@ -14,7 +15,7 @@ import tensorflow as tf
 
 from tfrobust import losses
 
-# A batch of images -> float32 logits; it decides the model's mode (evaluation attacks run the
+# A batch of images -> logits in the compute dtype; it decides the model's mode (evaluation attacks run the
 # model with training=False).
 LogitsFn = Callable[[tf.Tensor], tf.Tensor]
 Objective = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
@@ -24,16 +25,16 @@ cross_entropy: Objective = losses.cross_entropy
 
 def margin(logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
     """Carlini-Wagner margin max_{k != y} z_k - z_y per example (positive when misclassified)."""
-    logits = tf.cast(logits, tf.float32)
+    logits = losses.as_float(logits)
     true_mask = losses.true_class_mask(labels, logits)
-    true_logit = tf.reduce_sum(tf.where(true_mask, logits, 0.0), axis=-1)
-    other_best = tf.reduce_max(tf.where(true_mask, -float("inf"), logits), axis=-1)
+    true_logit = tf.reduce_sum(tf.where(true_mask, logits, tf.zeros_like(logits)), axis=-1)
+    other_best = tf.reduce_max(tf.where(true_mask, tf.constant(-float("inf"), logits.dtype), logits), axis=-1)
     return other_best - true_logit
 
 
 def _sorted_logits(logits: tf.Tensor, count: int) -> tf.Tensor:
     """The `count` largest logits per example, largest first (shape [B, count])."""
-    return tf.math.top_k(tf.cast(logits, tf.float32), k=count, sorted=True).values
+    return tf.math.top_k(losses.as_float(logits), k=count, sorted=True).values
 
 
 def dlr(logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
@@ -43,7 +44,7 @@ def dlr(logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
     order; positive when misclassified, invariant to shifting and rescaling the logits. Needs at
     least 3 classes.
     """
-    logits = tf.cast(logits, tf.float32)
+    logits = losses.as_float(logits)
     top = _sorted_logits(logits, 3)
     return margin(logits, labels) / (top[:, 0] - top[:, 2] + 1e-12)
 
@@ -54,7 +55,7 @@ def dlr_targeted(logits: tf.Tensor, labels: tf.Tensor, targets: tf.Tensor) -> tf
     -(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2 + 1e-12) for the target class t. Needs at least
     4 classes.
     """
-    logits = tf.cast(logits, tf.float32)
+    logits = losses.as_float(logits)
     top = _sorted_logits(logits, 4)
     true_logit = tf.gather(logits, tf.cast(labels, tf.int32), batch_dims=1)
     target_logit = tf.gather(logits, tf.cast(targets, tf.int32), batch_dims=1)

@@ -26,7 +26,7 @@ import dataclasses
 import tensorflow as tf
 
 from tfrobust import losses, rng
-from tfrobust.attacks import gradients, langevin
+from tfrobust.attacks import ball, gradients, langevin
 from tfrobust.methods.base import LossOutput, Method
 from tfrobust.settings import setting
 
@@ -40,7 +40,8 @@ class Atent(Method):
     CIFAR-10 l-inf); gamma: l2 pull-back towards x (l2 only; 0.05 in the l2 recipes); alpha:
     exponential averaging of the iterates' losses; projection: onto the eps ball after 'every'
     step, only after the 'last' one, or 'never' (iterates are always clipped to [0, 1]); start:
-    'corner' (l-inf: x + eps sign(N(0, I)); l2: a Gaussian direction of norm eps) or 'none'."""
+    'corner' (l-inf: x + eps sign(N(0, I)); l2: a Gaussian direction of norm eps) or 'none';
+    clip_start: clip x'_0 to [0, 1] (the reference takes the first gradient at the unclipped start)."""
 
     noise: float = setting(1e-4, "ATENT: Langevin noise scale.", low=0)
     gamma: float = setting(0.0, "ATENT: l2 pull-back towards x (l2 only).", low=0)
@@ -50,6 +51,8 @@ class Atent(Method):
                               "never.", choices=PROJECTIONS)
     start: str = setting("corner", "ATENT: random start (corner: eps sign(N(0, I)) for l-inf, a Gaussian "
                          "direction of norm eps for l2; none).", choices=STARTS)
+    clip_start: bool = setting(False, "Clip the attack's random start to [0, 1] before the first gradient "
+                               "(reference: TRADES, MART and ATENT do not; Madry PGD-AT and MIMAE do).")
 
     name = "atent"
     reference_bn_mode = "train"  # the StochAT reference samples with the model in train() mode
@@ -69,7 +72,8 @@ class Atent(Method):
 
     def first_iterate(self, ctx, x) -> tf.Tensor:
         """x'_0, the random start."""
-        return langevin.langevin_start(x, ctx.eps(self.attack), self.attack.norm, self.start, self.seeds(ctx)[0])
+        return langevin.langevin_start(x, ctx.eps(self.attack), self.attack.norm, self.start, self.seeds(ctx)[0],
+                                       clip=self.clip_start)
 
     def next_iterate(self, ctx, x, y, x_prev, index, last: bool) -> tf.Tensor:
         """x'_index (1-based) from x'_{index-1}; `last`: whether index == L (for projection='last')."""
@@ -94,7 +98,7 @@ class Atent(Method):
 
     def attack_inputs(self, ctx, x, y):
         """The last iterate x'_L (for callers that want ATENT's samples, e.g. to look at them)."""
-        x = tf.convert_to_tensor(x, tf.float32)
+        x = ball.as_images(x)
         steps = self.attack.steps
         x_adv = self.first_iterate(ctx, x)
         _, x_adv = tf.while_loop(
@@ -104,10 +108,10 @@ class Atent(Method):
         return self.next_iterate(ctx, x, y, x_adv, steps, last=True)
 
     def gradients(self, ctx, x, y, differentiate):
-        x = tf.convert_to_tensor(x, tf.float32)
+        x = ball.as_images(x)
         steps = self.attack.steps
         weights = self.iterate_weights()
-        weights_t = tf.constant(weights, tf.float32)
+        weights_t = tf.constant(weights, x.dtype)
         variables = ctx.model.trainable_variables
 
         def weighted(x_l, weight):
@@ -126,7 +130,7 @@ class Atent(Method):
             grad_sum = [s + g for s, g in zip(grad_sum, dense(grads))]
             return index + 1, x_l, loss_sum + out.per_example, grad_sum
 
-        loss_sum = tf.zeros_like(tf.cast(y, tf.float32))
+        loss_sum = tf.zeros(tf.shape(y), x.dtype)
         grad_sum = [tf.zeros_like(v) for v in variables]
         # parallel_iterations=1: by default TensorFlow may run up to 10 iterations at once (the
         # weight gradient of iterate l overlaps the attack of l + 1), and each keeps its

@@ -16,7 +16,7 @@ from typing import Callable, ClassVar, Sequence
 import keras
 import tensorflow as tf
 
-from tfrobust import settings
+from tfrobust import losses, settings
 from tfrobust.attacks import ball, pgd
 from tfrobust.attacks.objectives import LogitsFn
 
@@ -76,7 +76,9 @@ class StepContext:
         return attack.step_size * self.budget_scale
 
     def logits(self, x: tf.Tensor, training: bool) -> tf.Tensor:
-        return tf.cast(self.model(x, training=training), tf.float32)
+        """The model's logits in the compute dtype (`losses.as_float`: float64 under floatx float64;
+        a half-precision output is widened to float32)."""
+        return losses.as_float(self.model(x, training=training))
 
     def attack_logits_fn(self, attack: AttackConfig) -> LogitsFn:
         """The logits an attack in `attack`'s threat model differentiates: the model in `attack.bn_mode`."""

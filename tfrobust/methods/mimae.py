@@ -36,12 +36,14 @@ class Mimae(Method):
     lambda_mae: float = setting(1.0, "MIMAE: weight of the logit mean absolute error.", low=0)
     mi_symmetric: bool = setting(True, "MIMAE: symmetrize the joint of the two prediction batches (IIC).")
     natural_weight: float = setting(0.0, "MIMAE: weight of cross-entropy on clean inputs.", low=0)
+    clip_start: bool = setting(True, "Clip the attack's random start to [0, 1] before the first gradient "
+                               "(reference: TRADES, MART and ATENT do not; Madry PGD-AT and MIMAE do).")
 
     name = "mimae"
     term_names = ("adv_ce", "mi", "mae", "natural_ce")
 
     def attack_inputs(self, ctx, x, y):
-        return self.pgd(ctx, x, y, start="uniform")
+        return self.pgd(ctx, x, y, start="uniform", clip_start=self.clip_start)
 
     def loss(self, ctx, x, y, x_adv):
         clean_logits = ctx.logits(x, training=True)

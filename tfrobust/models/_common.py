@@ -1,7 +1,12 @@
 """Shared pieces of the ``tfrobust.models`` builders.
 
 Input validation, the normalizing input stem, and the layer factories every
-architecture uses (PyTorch-default BatchNorm, float32 logits layer).
+architecture uses (PyTorch-default BatchNorm and Linear/Conv2d initializers, a logits layer
+that stays in full precision under mixed precision).
+
+Dtypes: pixels, normalization and logits are `keras.config.floatx()` (float32, or float64 after
+`keras.config.set_floatx("float64")`); under a mixed-precision policy (whose floatx stays float32)
+the hidden layers compute in float16/bfloat16 and the logits layer in float32.
 """
 
 from __future__ import annotations
@@ -118,21 +123,34 @@ def check_mean_std(
     return mean_v, std_v
 
 
+def torch_default_kernel() -> keras.initializers.Initializer:
+    """PyTorch's default weight of ``nn.Linear`` and ``nn.Conv2d`` (``kaiming_uniform_(a=sqrt(5))``):
+    U(-1/sqrt(fan_in), 1/sqrt(fan_in)), i.e. variance-scaling uniform with scale 1/3 on fan_in."""
+    return keras.initializers.VarianceScaling(scale=1.0 / 3.0, mode="fan_in", distribution="uniform")
+
+
+def torch_default_bias(fan_in: int) -> keras.initializers.Initializer:
+    """PyTorch's default bias of ``nn.Linear`` and ``nn.Conv2d``: U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+    with the fan-in of the layer's weight (a bias initializer does not see it, so it is passed)."""
+    bound = 1.0 / math.sqrt(fan_in)
+    return keras.initializers.RandomUniform(-bound, bound)
+
+
 def input_stem(
     input_shape: Sequence[int],
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
 ) -> tuple[keras.KerasTensor, keras.KerasTensor]:
-    """Create the float32 NHWC pixel input and the optional normalization.
+    """Create the NHWC pixel input (``keras.config.floatx()``) and the optional normalization.
 
     Returns ``(inputs, x)``. When statistics are given, ``x`` is
     ``(inputs - mean) / std`` computed by a fixed-statistics
     ``keras.layers.Normalization`` layer (no weights, serializable, kept in
-    float32 even under a mixed-precision policy); otherwise ``x is inputs``.
+    floatx even under a mixed-precision policy); otherwise ``x is inputs``.
     """
     shape = check_input_shape(input_shape)
     stats = check_mean_std(mean, std, shape[2])
-    inputs = keras.Input(shape=shape, dtype="float32", name="pixels")
+    inputs = keras.Input(shape=shape, dtype=keras.config.floatx(), name="pixels")
     if stats is None:
         return inputs, inputs
     mean_v, std_v = stats
@@ -140,7 +158,7 @@ def input_stem(
         mean=mean_v,
         variance=[s * s for s in std_v],
         axis=-1,
-        dtype="float32",
+        dtype=keras.config.floatx(),
         name="normalize",
     )
     return inputs, norm(inputs)
@@ -154,5 +172,6 @@ def batch_norm(name: str) -> keras.layers.BatchNormalization:
 
 
 def logits_layer(num_classes: int, name: str, **kwargs) -> keras.layers.Dense:
-    """Final linear layer; float32 so logits stay float32 under mixed precision."""
-    return keras.layers.Dense(num_classes, dtype="float32", name=name, **kwargs)
+    """Final linear layer in ``keras.config.floatx()``: logits stay float32 under mixed precision
+    and are float64 under floatx float64."""
+    return keras.layers.Dense(num_classes, dtype=keras.config.floatx(), name=name, **kwargs)

@@ -20,8 +20,10 @@ Layer names follow the PyTorch module names (``layer2_0_conv1`` is
 ``layer2[0].conv1``) so weights can be ported. Stride-2 3x3 convs use an
 explicit 1-pixel ``ZeroPadding2D`` + ``valid`` padding, exactly PyTorch's
 ``padding=1``; Keras' ``same`` would pad only bottom/right and sample a grid
-shifted by one pixel relative to the 1x1 shortcut. Initializers are Keras
-defaults (glorot-uniform kernels, zero biases): the references do not set any.
+shifted by one pixel relative to the 1x1 shortcut. The references set no
+initializer, so every layer gets PyTorch's defaults: conv and linear weights
+U(+-1/sqrt(fan_in)) (``kaiming_uniform_(a=sqrt(5))``), the linear bias
+U(+-1/sqrt(fan_in)), batch norm weight 1 and bias 0.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ from ._common import (
     functional_model,
     input_stem,
     logits_layer,
+    torch_default_bias,
+    torch_default_kernel,
 )
 
 # Three stride-2 stages must each halve a dimension of at least 2 (8 -> 4 -> 2 -> 1).
@@ -55,18 +59,27 @@ _BLOCKS_PER_STAGE: int = 2
 def conv3x3(x: keras.KerasTensor, filters: int, stride: int, name: str) -> keras.KerasTensor:
     """3x3 conv without bias, PyTorch ``padding=1`` semantics for any stride."""
     if stride == 1:
-        return keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=name)(x)
+        return keras.layers.Conv2D(filters, 3, padding="same", use_bias=False,
+                                   kernel_initializer=torch_default_kernel(), name=name)(x)
     x = keras.layers.ZeroPadding2D(1, name=f"{name}_pad")(x)
     return keras.layers.Conv2D(
-        filters, 3, strides=stride, padding="valid", use_bias=False, name=name
+        filters, 3, strides=stride, padding="valid", use_bias=False,
+        kernel_initializer=torch_default_kernel(), name=name,
     )(x)
 
 
 def conv1x1(x: keras.KerasTensor, filters: int, stride: int, name: str) -> keras.KerasTensor:
     """1x1 projection conv without bias (PyTorch ``padding=0``)."""
     return keras.layers.Conv2D(
-        filters, 1, strides=stride, padding="valid", use_bias=False, name=name
+        filters, 1, strides=stride, padding="valid", use_bias=False,
+        kernel_initializer=torch_default_kernel(), name=name,
     )(x)
+
+
+def _linear(x: keras.KerasTensor, num_classes: int) -> keras.KerasTensor:
+    """The final ``nn.Linear`` with PyTorch's default weight and bias."""
+    return logits_layer(num_classes, name="linear", kernel_initializer=torch_default_kernel(),
+                        bias_initializer=torch_default_bias(x.shape[-1]))(x)
 
 
 def _basic_block(
@@ -137,7 +150,7 @@ def build_resnet18(
     x = keras.layers.ReLU(name="relu")(x)
     x = _stages(x, _basic_block, 64)
     x = keras.layers.GlobalAveragePooling2D(name="avgpool")(x)
-    logits = logits_layer(num_classes, name="linear")(x)
+    logits = _linear(x, num_classes)
     return functional_model(inputs, logits, name="resnet18")
 
 
@@ -163,5 +176,5 @@ def build_preact_resnet18(
     x = batch_norm("bn")(x)
     x = keras.layers.ReLU(name="relu")(x)
     x = keras.layers.GlobalAveragePooling2D(name="avgpool")(x)
-    logits = logits_layer(num_classes, name="linear")(x)
+    logits = _linear(x, num_classes)
     return functional_model(inputs, logits, name="preact_resnet18")

@@ -17,6 +17,8 @@ from ._common import (
     functional_model,
     input_stem,
     logits_layer,
+    torch_default_bias,
+    torch_default_kernel,
 )
 
 # conv3 (valid) x2, pool 2, conv3 (valid) x2, pool 2 must leave >= 1x1:
@@ -43,9 +45,10 @@ def build_small_cnn(
     conv32 3x3 valid ReLU, conv32 3x3 ReLU, maxpool 2, conv64 3x3 ReLU,
     conv64 3x3 ReLU, maxpool 2, flatten, fc200 ReLU, dropout 0.5, fc200 ReLU,
     fc ``num_classes``. Initialization as in the reference: convs kaiming-normal
-    with zero bias, the last layer's weights and biases zero; fc1/fc2 are not
-    re-initialized there, so they keep the Keras defaults (glorot-uniform, zero
-    bias). For 28x28x1 and 10 classes this has 312,202 parameters.
+    (fan_in, untruncated) with zero bias, the last layer's weights and biases
+    zero; fc1/fc2 are not re-initialized there, so they keep PyTorch's
+    ``nn.Linear`` default: weights and biases U(+-1/sqrt(fan_in)). For 28x28x1
+    and 10 classes this has 312,202 parameters.
     """
     check_num_classes(num_classes)
     check_min_size("small_cnn", input_shape, MIN_INPUT_SIZE)
@@ -65,9 +68,14 @@ def build_small_cnn(
     x = conv(64, "conv4")(x)
     x = layers.MaxPooling2D(2, name="maxpool2")(x)
     x = layers.Flatten(name="flatten")(x)
-    x = layers.Dense(200, activation="relu", name="fc1")(x)
+
+    def linear(units: int, fan_in: int, name: str) -> keras.layers.Dense:
+        return layers.Dense(units, activation="relu", kernel_initializer=torch_default_kernel(),
+                            bias_initializer=torch_default_bias(fan_in), name=name)
+
+    x = linear(200, x.shape[-1], "fc1")(x)
     x = layers.Dropout(0.5, name="drop")(x)
-    x = layers.Dense(200, activation="relu", name="fc2")(x)
+    x = linear(200, 200, "fc2")(x)
     logits = logits_layer(
         num_classes, name="fc3", kernel_initializer="zeros", bias_initializer="zeros"
     )(x)

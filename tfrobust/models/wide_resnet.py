@@ -11,8 +11,9 @@ The reference also constructs an unused ``sub_block1`` that never runs in
 "WRN-34-10 = 46.16M" figure (46,160,474 trainable for 10 classes).
 
 Initialization follows the reference: conv weights N(0, 2 / (k*k*out_channels))
-(untruncated He-normal, fan-out), linear bias zero; the linear weight is not
-re-initialized there, so it keeps the Keras default (glorot-uniform).
+(untruncated He-normal, fan-out), batch norm weight 1 and bias 0, linear bias
+zero; the linear weight is not re-initialized there, so it keeps PyTorch's
+``nn.Linear`` default U(+-1/sqrt(fan_in)).
 Layer names follow the PyTorch modules (``block2_0_conv1`` is
 ``block2.layer[0].conv1``; the final BN is ``bn1`` and the linear ``fc``).
 """
@@ -31,6 +32,7 @@ from ._common import (
     functional_model,
     input_stem,
     logits_layer,
+    torch_default_kernel,
 )
 
 # Two stride-2 stages must each halve a dimension of at least 2 (4 -> 2 -> 1).
@@ -121,5 +123,6 @@ def build_wide_resnet(
     x = batch_norm("bn1")(x)
     x = keras.layers.ReLU(name="relu")(x)
     x = keras.layers.GlobalAveragePooling2D(name="avgpool")(x)
-    logits = logits_layer(num_classes, name="fc")(x)
+    logits = logits_layer(num_classes, name="fc", kernel_initializer=torch_default_kernel(),
+                          bias_initializer="zeros")(x)
     return functional_model(inputs, logits, name=f"wrn_{depth}_{width}")
