@@ -21,8 +21,7 @@ with cli.native_stderr_captured():
 
 cli.define_flags(training.TrainConfig)
 # One flag per method hyperparameter (e.g. --beta, --lambda_mi); unset means the method's default.
-_METHOD_FLAGS = [name for cls in sorted(methods.REGISTRY.values(), key=lambda c: c.name)
-                 for name in cli.define_flags(cls, unset_default=True)]
+_METHOD_FLAGS = cli.define_method_flags(methods.REGISTRY)
 FLAGS = flags.FLAGS
 
 

@@ -57,21 +57,43 @@ def flags_parser(program: str) -> Callable[[list[str]], list[str]]:
     return parse
 
 
-def _flag_help(spec, unset_default: bool) -> str:
+def _flag_help(spec, unset_defaults: dict[str, object] | None) -> str:
     text = spec.help
     bounds = spec.bounds_text()
     if bounds:
         text += f" Must be {bounds}."
-    if unset_default:
-        default = "auto" if spec.default is None else spec.default
-        text += f" Unset: the method's default ({default!r})."
+    if unset_defaults:
+        values = set(map(repr, unset_defaults.values()))
+        if len(values) == 1:
+            text += f" Unset: the method's default ({values.pop()})."
+        else:
+            each = ", ".join(f"{name} {value!r}" for name, value in sorted(unset_defaults.items()))
+            text += f" Unset: the method's default ({each})."
     return text
 
 
-def define_flags(cls: type, *, unset_default: bool = False, flag_values=None) -> list[str]:
+def define_method_flags(registry: dict[str, type], flag_values=None) -> list[str]:
+    """One flag per hyperparameter of the methods in `registry` (name -> method dataclass), unset
+    (None) by default so that each method keeps its own default; a name several methods share is
+    one flag whose help lists each method's default."""
+    from tfrobust import settings
+
+    defaults: dict[str, dict[str, object]] = {}
+    for name, cls in sorted(registry.items()):
+        for spec in settings.specs(cls):
+            defaults.setdefault(spec.name, {})[name] = spec.default
+    defined = []
+    for _, cls in sorted(registry.items()):
+        defined += define_flags(cls, unset_defaults=defaults, flag_values=flag_values)
+    return defined
+
+
+def define_flags(cls: type, *, unset_defaults: dict[str, dict[str, object]] | None = None,
+                 flag_values=None) -> list[str]:
     """Define one absl flag per setting of dataclass `cls` (`tfrobust.settings.setting` fields), with
-    the setting's help, choices and bounds; skip names already defined. With `unset_default`, flags
-    default to None ("unset"), as method hyperparameters do. Returns the names defined."""
+    the setting's help, choices and bounds; skip names already defined. With `unset_defaults` (setting
+    name -> {method: default}), flags default to None ("unset"), as method hyperparameters do.
+    Returns the names defined."""
     from absl import flags
 
     from tfrobust import settings
@@ -81,8 +103,9 @@ def define_flags(cls: type, *, unset_default: bool = False, flag_values=None) ->
     for spec in settings.specs(cls):
         if not spec.flag or spec.name in fv:
             continue
+        unset_default = unset_defaults is not None
         default = None if unset_default else spec.default
-        helptext = _flag_help(spec, unset_default)
+        helptext = _flag_help(spec, unset_defaults.get(spec.name) if unset_default else None)
         kwargs = dict(flag_values=fv)
         if spec.kind is bool and spec.optional:
             flags.DEFINE_enum(spec.name, None if unset_default else settings.format_tristate(default),
