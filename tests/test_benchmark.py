@@ -125,7 +125,7 @@ def test_runner_bad_flag_is_one_line_and_exit_2(tmp_path):
 
 # -- speed options in a training run ----------------------------------------------------------
 
-@pytest.mark.parametrize("jit,precision", [("true", "none"), ("false", "mixed_bfloat16"), ("false", "mixed_float16")])
+@pytest.mark.parametrize("jit,precision", [(True, "none"), (False, "mixed_bfloat16"), (False, "mixed_float16")])
 def test_run_with_xla_or_mixed_precision_traces_once_and_learns(tmp_path, float32_policy, jit, precision):
     config = training.TrainConfig(method="pgd_at", epochs=1, batch_size=32, train_examples=256, attack_steps=2,
                                   eval_steps=2, eval_examples=64, validation_size=0, jit_compile=jit,
