@@ -120,7 +120,7 @@ def _small_trained(splits, method="trades", options=None, steps=3):
     keras.utils.set_random_seed(0)
     classifier = models.build_model("tiny_cnn", splits.image_shape, splits.num_classes, mean=splits.mean,
                                     std=splits.std)
-    attack = methods.AttackConfig(eps=0.1, step_size=0.05, steps=2, norm="linf", bn_training=True)
+    attack = methods.AttackConfig(eps=0.1, step_size=0.05, steps=2, norm="linf", bn_mode="train")
     model = RobustModel(classifier, methods.build(method, attack, options), weight_decay=5e-4, seed=7,
                         eps_warmup_steps=10)
     model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9))
@@ -152,7 +152,7 @@ def test_method_config_refuses_an_unknown_hyperparameter(digits):
     from tfrobust.robust_model import method_config, method_from_config
 
     config = method_config(methods.build("mart", ATTACK, {"beta": 3.0}))
-    assert config == {"name": "mart", "options": {"beta": 3.0}, "attack": dataclasses.asdict(ATTACK)}
+    assert config == {"name": "mart", "options": {"beta": 3.0, "clip_start": False}, "attack": dataclasses.asdict(ATTACK)}
     assert method_from_config(config) == methods.build("mart", ATTACK, {"beta": 3.0})
     with pytest.raises(ValueError, match="no hyperparameter"):
         method_from_config({**config, "options": {"lambda_mi": 1.0}})

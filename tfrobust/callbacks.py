@@ -267,3 +267,50 @@ def _read_json(path: str) -> dict | None:
     except (OSError, ValueError):
         return None
     return payload if isinstance(payload, dict) else None
+
+
+class RunProgress(keras.callbacks.ProgbarLogger):
+    """Keras' progress bar, numbered against the run's configured epochs: a run resumed mid-way
+    shows "Epoch 3/20", not the "Epoch 1/1" of the `fit` call that finishes the interrupted epoch.
+    It also says that the first batch traces and compiles the step, which can take a while."""
+
+    def __init__(self, total_epochs: int):
+        super().__init__()
+        self.total_epochs = int(total_epochs)
+        self._announced = False
+
+    def set_params(self, params):
+        super().set_params(params)
+        self.epochs = self.total_epochs
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        if self.verbose and not self._announced:  # a second fit call of the run reuses the traced step
+            print("Tracing the training step (its first batch compiles the graph) ...", flush=True)
+            self._announced = True
+
+
+class EpochHistory(keras.callbacks.Callback):
+    """Every finished epoch's logs, kept in a JSON file (`{"epochs": [...]}`, one dict per epoch,
+    with its `epoch` number) so that the history of a run resumed any number of times is whole."""
+
+    def __init__(self, path: str | None, write: bool = True):
+        super().__init__()
+        self.path, self.write = path, write
+        saved = _read_json(path) if path else None
+        self.epochs: list[dict] = list((saved or {}).get("epochs", []))
+
+    def on_epoch_end(self, epoch, logs=None):
+        record = {"epoch": int(epoch) + 1, **{k: float(v) for k, v in (logs or {}).items()}}
+        self.epochs = [e for e in self.epochs if e["epoch"] < record["epoch"]] + [record]
+        if self.path and self.write:
+            files.write_json(self.path, {"epochs": self.epochs})
+
+    def history(self) -> dict[str, list[float]]:
+        """metric -> its value at each finished epoch, in order (as `keras.callbacks.History`)."""
+        out: dict[str, list[float]] = {}
+        for record in self.epochs:
+            for k, v in record.items():
+                if k != "epoch":
+                    out.setdefault(k, []).append(v)
+        return out

@@ -8,12 +8,15 @@ them, this file is the one to read; when Keras fixes the issue, the workaround g
   processes"; Keras itself uses the private `StrategyExtended._in_multi_worker_mode()`.
 - `step_logs`: under MultiWorkerMirroredStrategy Keras 3 averages a step's logs with
   `strategy.reduce("MEAN", v, axis=0)`, which needs a leading axis on every value.
+- `op_determinism`: TensorFlow 2.21 exports `enable_op_determinism` but neither its test nor its
+  undo, which a run needs to leave the process as it found it.
 - `maybe_symbolic_build`: the override of the private `Model._maybe_symbolic_build`, which reduces
   the first input batch across replicas and fails under MultiWorkerMirroredStrategy.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 
 import keras
@@ -61,3 +64,23 @@ def maybe_symbolic_build(model: keras.Model, input_shape: tuple, iterator=None, 
             model.build(input_shape)
         return
     keras.Model._maybe_symbolic_build(model, iterator=iterator, data_batch=data_batch)
+
+
+@contextlib.contextmanager
+def op_determinism(enabled: bool):
+    """Deterministic ops inside the block when `enabled`, restored afterwards.
+
+    Private API: `tensorflow.python.framework.config.is_op_determinism_enabled` and
+    `disable_op_determinism` (only `enable_op_determinism` is exported as
+    `tf.config.experimental`).
+    """
+    from tensorflow.python.framework import config as tf_config
+
+    before = tf_config.is_op_determinism_enabled()
+    if enabled:
+        tf_config.enable_op_determinism()
+    try:
+        yield
+    finally:
+        if not before:
+            tf_config.disable_op_determinism()

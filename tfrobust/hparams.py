@@ -43,7 +43,9 @@ def write(logdir: str, config: Mapping[str, Any], metrics: Mapping[str, float], 
     directory = os.path.join(logdir, HPARAMS_DIR)
     values = flatten(config)
     writer = tf.summary.create_file_writer(directory)
-    with writer.as_default():
+    # record_if(True): a fit that ended in an exception leaves Keras' TensorBoard callback's
+    # every-N-steps recording condition in force in this thread.
+    with writer.as_default(), tf.summary.record_if(True):
         hp.hparams_config(hparams=[hp.HParam(name) for name in sorted(values)],
                           metrics=[hp.Metric(tag) for tag in sorted(metrics)])
         hp.hparams(values, trial_id=trial_id)

@@ -43,11 +43,7 @@ def method_from_config(config: dict) -> Method:
     # Here, not at the top: the registry imports every method module, and only loading needs it.
     from tfrobust import methods
 
-    cls = methods.get(config["name"])
-    unknown = set(config.get("options", {})) - set(methods.hyperparameters(config["name"]))
-    if unknown:
-        raise ValueError(f"method {config['name']} has no hyperparameter(s) {sorted(unknown)}")
-    return cls(attack=AttackConfig(**config["attack"]), **config.get("options", {}))
+    return methods.build(config["name"], AttackConfig(**config["attack"]), config.get("options", {}))
 
 
 @keras.saving.register_keras_serializable(package="tfrobust")

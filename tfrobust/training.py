@@ -10,6 +10,7 @@ continuing a run are in `tfrobust.rundir`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import shutil
@@ -19,7 +20,7 @@ import keras
 import tensorflow as tf
 
 from tfrobust import callbacks as callbacks_lib
-from tfrobust import averaging, data, distribute, evaluation, export, files, hparams, methods, models, rundir
+from tfrobust import averaging, compat, data, distribute, evaluation, export, files, hparams, methods, models, rundir
 from tfrobust import config as config_lib
 from tfrobust.config import TrainConfig, validate
 from tfrobust.errors import ConfigError, RunWriteError
@@ -141,7 +142,8 @@ def train(config: TrainConfig, extra_callbacks: Sequence[keras.callbacks.Callbac
     # directory (deleted at the end) and nothing else.
     write_dir = distribute.worker_dir(run_dir, strategy)
     try:
-        return _train(config, method, extra_callbacks, strategy, splits, steps_per_epoch, resuming, write_dir)
+        with _process_settings(config):
+            return _train(config, method, extra_callbacks, strategy, splits, steps_per_epoch, resuming, write_dir)
     except (OSError, tf.errors.PermissionDeniedError, tf.errors.ResourceExhaustedError) as e:
         if isinstance(e, tf.errors.ResourceExhaustedError) and not _is_disk_error(e):
             raise  # out of memory, not a write
@@ -162,13 +164,6 @@ def _train(config: TrainConfig, method: methods.Method, extra_callbacks: Sequenc
     chief = distribute.is_chief(strategy)
 
     keras.utils.set_random_seed(config.seed)
-    if config.deterministic:
-        tf.config.experimental.enable_op_determinism()
-    # floatx before anything is built: models, metrics, attacks and the input pipelines follow it.
-    keras.config.set_floatx(config.dtype)
-    policy = config.dtype if config.mixed_precision == "none" else config.mixed_precision
-    keras.mixed_precision.set_global_policy(policy)
-
     with strategy.scope():
         mean, std = (splits.mean, splits.std) if config.normalize else (None, None)
         classifier = models.build_model(config.model, splits.image_shape, splits.num_classes, mean=mean, std=std,
@@ -299,6 +294,23 @@ def _final_metrics(result: TrainResult) -> dict[str, float]:
     for attack, accuracy in (result.suite_accuracy or {}).items():
         metrics[f"suite/{attack}"] = accuracy
     return metrics
+
+
+@contextlib.contextmanager
+def _process_settings(config: TrainConfig):
+    """The process-wide settings a run needs (floatx, the dtype policy, op determinism), set for the
+    whole run and restored afterwards, so a later run or test in the same process starts clean."""
+    saved = keras.config.floatx(), keras.mixed_precision.global_policy()
+    # floatx before anything is built: models, metrics, attacks and the input pipelines follow it.
+    keras.config.set_floatx(config.dtype)
+    keras.mixed_precision.set_global_policy(
+        config.dtype if config.mixed_precision == "none" else config.mixed_precision)
+    try:
+        with compat.op_determinism(config.deterministic):
+            yield
+    finally:
+        keras.config.set_floatx(saved[0])
+        keras.mixed_precision.set_global_policy(saved[1])
 
 
 def _is_disk_error(error: tf.errors.OpError) -> bool:
