@@ -56,7 +56,36 @@ def test_resume_continues_at_the_right_epoch(tmp_path):
     os.remove(os.path.join(first.run_dir, "summary.json"))  # as if killed after epoch 1
     second = training.train(_config(tmp_path, epochs=3, method="standard"))
     assert second.steps == 3 * first.steps
-    assert second.history["loss"] and len(second.history["loss"]) == 2  # epochs 2 and 3 only
+    assert len(second.history["loss"]) == 3  # the whole run's history, across the resume
+    assert second.history["loss"][0] == first.history["loss"][0]
+
+
+def test_a_run_says_what_it_runs_and_a_resumed_one_counts_the_configured_epochs(tmp_path, capsys):
+    """The banner before training; a run resumed mid-epoch shows "Epoch 2/3", not the "Epoch 1/1"
+    of the fit call that finishes the interrupted epoch; the history covers every epoch."""
+    import keras
+
+    class KillAtStep(keras.callbacks.Callback):  # as a kill -9 right after the mid-epoch checkpoint
+        def on_train_batch_end(self, batch, logs=None):
+            if int(self.model.optimizer.iterations.numpy()) == 6:
+                raise KeyboardInterrupt
+
+    config = _config(tmp_path, epochs=3, method="trades", method_options={"beta": 2.0}, train_examples=256,
+                     validation_size=0, checkpoint_every_steps=2, verbose=2)
+    with pytest.raises(KeyboardInterrupt):
+        training.train(config, extra_callbacks=[KillAtStep()])
+    first = capsys.readouterr().out
+    assert "trades (beta=2.0, shared_target=False, clip_start=False)" in first
+    assert "256 train / 0 validation / 360 test images of 8x8x1, 10 classes; 4 steps of 64 per epoch" in first
+    assert f"run: {tmp_path / 'run'} (new run)" in first and "Epoch 1/3" in first
+    result = training.train(config)
+    second = capsys.readouterr().out
+    assert "(continuing at epoch 2/3, batch 2 (optimizer step 6))" in second
+    assert "Epoch 2/3" in second and "Epoch 3/3" in second and "Epoch 1/1" not in second
+    assert result.steps == 12 and len(result.history["loss"]) == 3  # epoch 2 counted once, when it finished
+    saved = json.load(open(os.path.join(result.run_dir, "summary.json")))
+    assert [e["epoch"] for e in json.load(open(os.path.join(result.run_dir, "history.json")))["epochs"]] == [1, 2, 3]
+    assert len(saved["history"]["loss"]) == 3
 
 
 def test_finished_or_different_runs_are_not_overwritten(tmp_path):

@@ -61,6 +61,15 @@ def task() -> tuple[str, int]:
     return str(t.get("type", "chief")), int(t.get("index", 0))
 
 
+def describe(strategy: tf.distribute.Strategy) -> str:
+    """The strategy and its devices, e.g. 'MirroredStrategy on CPU:0, CPU:1'."""
+    if type(strategy).__name__.startswith("_Default"):  # it has no worker_devices
+        return "default strategy, one device"
+    names = ", ".join(d.split("device:")[-1] for d in strategy.extended.worker_devices)
+    kind = type(strategy).__name__
+    return f"{kind} on {names}" if names else kind
+
+
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
     """Whether this process writes summaries, checkpoints and exports (the chief, or worker 0).
 

@@ -10,6 +10,7 @@ refused, and what --overwrite may remove.
                      the configuration and final accuracies for the HParams dashboard
     savedmodel/      the exported classifier (`tfrobust.export`; the weight averages when averaging is on)
     savedmodel_best/ the classifier of the best validation PGD accuracy (runs with a validation split)
+    history.json     every finished epoch's metrics (train and validation), across resumes
     summary.json     final clean and PGD accuracy on the test split (last and best model); its presence marks a
                      finished run
 
@@ -32,11 +33,13 @@ from tfrobust.errors import ConfigError
 
 CONFIG_FILE = "config.json"
 SUMMARY_FILE = "summary.json"
+HISTORY_FILE = "history.json"  # every finished epoch's logs, across resumes
 # config.json names its format, so a directory is taken for a tfrobust run only if it is one.
 FORMAT_KEY, FORMAT, FORMAT_VERSION_KEY, FORMAT_VERSION = "format", "tfrobust.run", "format_version", 1
 # What a run writes: --overwrite removes these and nothing else. Temporary files of a killed write
 # (.tmp-*, an export's .export-* staging and its .old) included.
-RUN_ENTRIES = (CONFIG_FILE, SUMMARY_FILE, "checkpoints", "logs", "savedmodel", "savedmodel_best", "evaluation",
+RUN_ENTRIES = (CONFIG_FILE, SUMMARY_FILE, HISTORY_FILE, "checkpoints", "logs", "savedmodel", "savedmodel_best",
+               "evaluation",
                ".tmp-*", ".export-*", "savedmodel.old", "savedmodel_best.old")
 _STALE = (".tmp-*", ".export-*", "savedmodel.old", "savedmodel_best.old")
 
@@ -92,6 +95,17 @@ def _changed_settings(saved: dict[str, Any], config: TrainConfig) -> list[str]:
                   if k not in config_lib.RESUMABLE and saved_json.get(k) != current.get(k))
 
 
+def _finished_epochs(run_dir: str, saved: dict[str, Any]) -> int | None:
+    """The epochs the run in `run_dir` was finished for (its summary.json), or None if unfinished.
+    Summaries of earlier versions name no epochs: the saved config's then."""
+    try:
+        with open(os.path.join(run_dir, SUMMARY_FILE)) as f:
+            summary = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return summary.get("epochs", saved.get("epochs")) if isinstance(summary, dict) else None
+
+
 def prepare(config: TrainConfig) -> bool:
     """Create or check the run directory; True when an unfinished run there is to be continued.
 
@@ -120,7 +134,7 @@ def _prepare(config: TrainConfig, run_dir: str, config_path: str) -> bool:
             _remove_run(run_dir)
         else:
             changed = _changed_settings(saved, config)
-            if os.path.exists(os.path.join(run_dir, SUMMARY_FILE)) and saved.get("epochs") == config.epochs:
+            if _finished_epochs(run_dir, saved) == config.epochs:
                 raise ConfigError(f"{run_dir!r} holds a finished run; pass --overwrite to replace it, "
                                   "or another --output_dir")
             if changed:

@@ -19,13 +19,14 @@ from typing import Sequence
 import keras
 import tensorflow as tf
 
+from tfrobust import __version__
 from tfrobust import callbacks as callbacks_lib
 from tfrobust import averaging, compat, data, distribute, evaluation, export, files, hparams, methods, models, rundir
 from tfrobust import config as config_lib
 from tfrobust.config import TrainConfig, validate
 from tfrobust.errors import ConfigError, RunWriteError
 from tfrobust.methods.base import AttackConfig
-from tfrobust.robust_model import RobustModel, default_eval_attack
+from tfrobust.robust_model import RobustModel, default_eval_attack, method_config
 
 BEST_DIR = os.path.join("checkpoints", "best")  # the best-validation checkpoint and best.json
 
@@ -127,6 +128,8 @@ def train(config: TrainConfig, extra_callbacks: Sequence[keras.callbacks.Callbac
     except ValueError as e:
         raise ConfigError(str(e)) from None
     chief = distribute.is_chief(strategy)
+    if chief and config.verbose != 0:
+        print(f"Loading {config.dataset} ...", flush=True)
     splits = data.load(config.dataset, data_dir=config.data_dir,
                        validation_size=_validation_size(config.validation_size), seed=config.seed)
     if config.train_examples:
@@ -191,8 +194,9 @@ def _train(config: TrainConfig, method: methods.Method, extra_callbacks: Sequenc
     if distribute.broadcast_from_chief(strategy, done) != done:
         raise ConfigError(f"this worker restored optimizer step {done} but the chief another one; multi-worker "
                           "runs need an output_dir that every worker sees")
-    if resuming and chief:
-        print(f"Continuing {run_dir} at epoch {start_epoch + 1}, batch {skip} (optimizer step {done}).")
+    if chief and config.verbose != 0:
+        print(banner(config, method, splits, strategy, steps_per_epoch,
+                     resumed_at=(start_epoch, skip, done) if resuming else None), flush=True)
 
     augment = data.is_cifar_like(splits) if config.augment is None else config.augment
     x_show, y_show = (splits.x_val, splits.y_val) if len(splits.x_val) else (splits.x_test, splits.y_test)
@@ -209,25 +213,25 @@ def _train(config: TrainConfig, method: methods.Method, extra_callbacks: Sequenc
         overfit_drop=config.overfit_drop, export_path=os.path.join(write_dir, "savedmodel_best"),
         state_file=os.path.join(run_dir, BEST_DIR, callbacks_lib.BestRobustCheckpoint.STATE_FILE),
         write_state=chief, verbose=chief) if validation is not None else None
+    epoch_history = callbacks_lib.EpochHistory(os.path.join(run_dir, rundir.HISTORY_FILE), write=chief)
     callbacks = [
+        callbacks_lib.RunProgress(config.epochs),
         callbacks_lib.StopOnNonFiniteLoss(),
         callbacks_lib.Throughput(config.batch_size),
         *summaries,
         callbacks_lib.StepCheckpoint(manager, config.checkpoint_every_steps),
         *([best] if best else []),
+        epoch_history,
         *extra_callbacks,
     ]
-    history: dict[str, list[float]] = {}
 
     def fit(first_epoch: int, last_epoch: int, skip_batches: int) -> None:
         stream = data.train_stream(splits.x_train, splits.y_train, batch_size=config.batch_size, seed=config.seed,
                                    start_epoch=first_epoch, skip_batches=skip_batches, augment=augment,
                                    autotune=config.autotune)
-        h = robust.fit(stream, initial_epoch=first_epoch, epochs=last_epoch,
-                       steps_per_epoch=steps_per_epoch - skip_batches, validation_data=validation, shuffle=False,
-                       callbacks=callbacks, verbose=_verbosity(config))
-        for k, v in h.history.items():
-            history.setdefault(k, []).extend(float(x) for x in v)
+        robust.fit(stream, initial_epoch=first_epoch, epochs=last_epoch,
+                   steps_per_epoch=steps_per_epoch - skip_batches, validation_data=validation, shuffle=False,
+                   callbacks=callbacks, verbose=_verbosity(config))
 
     def stopped(epochs_done: int) -> bool:  # early stopping, also when a stopped run is rerun
         return best is not None and best.patience_exhausted(epochs_done)
@@ -249,7 +253,7 @@ def _train(config: TrainConfig, method: methods.Method, extra_callbacks: Sequenc
     result = TrainResult(run_dir=run_dir, export_path=export_path, clean_accuracy=float(final["clean_accuracy"]),
                          adv_accuracy=float(final["adv_accuracy"]), eval_examples=n_eval,
                          steps=int(robust.optimizer.iterations.numpy()),
-                         train_step_traces=robust.train_step_traces, history=history)
+                         train_step_traces=robust.train_step_traces, history=epoch_history.history())
     if config.eval_suite != "none" and chief:
         report = evaluation.robust_accuracy(
             classifier, (splits.x_test, splits.y_test), attacks=config.eval_suite, eps_values=[config.eps],
@@ -264,9 +268,34 @@ def _train(config: TrainConfig, method: methods.Method, extra_callbacks: Sequenc
         hparams.write(logdir, config_lib.to_json(config), _final_metrics(result), result.steps, trial_id=run_dir)
     summary = dataclasses.asdict(result)
     summary["eval_attack"] = dataclasses.asdict(robust.eval_attack)
+    summary["epochs"] = config.epochs  # what the run was finished for (a rerun may ask for more)
     if chief:
         files.write_json(os.path.join(run_dir, rundir.SUMMARY_FILE), summary)
     return result
+
+
+def banner(config: TrainConfig, method: methods.Method, splits: data.Splits, strategy: tf.distribute.Strategy,
+           steps_per_epoch: int, resumed_at: tuple[int, int, int] | None = None) -> str:
+    """What is about to run, in a few lines: method and hyperparameters, threat model and training
+    attack, model, data sizes, run directory (fresh or continued where), devices."""
+    a = method.attack
+    options = ", ".join(f"{k}={v}" for k, v in method_config(method)["options"].items())
+    attack = ("no attack (clean inputs)" if method.name == "standard" else
+              f"{a.steps} steps of {a.step_size:g}, model in {a.bn_mode} mode while attacking")
+    h, w, c = splits.image_shape
+    where = (f"continuing at epoch {resumed_at[0] + 1}/{config.epochs}, batch {resumed_at[1]} "
+             f"(optimizer step {resumed_at[2]})" if resumed_at else "new run")
+    precision = config.dtype if config.mixed_precision == "none" else config.mixed_precision
+    return "\n".join([
+        f"tfrobust {__version__}: {method.name}" + (f" ({options})" if options else ""),
+        f"  threat model: {config.norm} eps {config.eps:g}; training attack: {attack}",
+        f"  model: {config.model}, {'normalized inside' if config.normalize else 'raw [0, 1] inputs'}, {precision}",
+        f"  data: {config.dataset}, {len(splits.x_train):,} train / {len(splits.x_val):,} validation / "
+        f"{len(splits.x_test):,} test images of {h}x{w}x{c}, {splits.num_classes} classes; "
+        f"{steps_per_epoch} steps of {config.batch_size} per epoch, {config.epochs} epochs",
+        f"  run: {config.run_dir()} ({where})",
+        f"  devices: {strategy.num_replicas_in_sync} replica(s) ({distribute.describe(strategy)})",
+    ])
 
 
 def _evaluate_best(result: TrainResult, best: callbacks_lib.BestRobustCheckpoint, checkpoint: tf.train.Checkpoint,
