@@ -193,11 +193,10 @@ def _train(config: TrainConfig, method: methods.Method, extra_callbacks: Sequenc
     if not chief:  # its copy is deleted; the run's export is the chief's
         export_path = os.path.abspath(os.path.join(run_dir, "savedmodel"))
     limit = config.eval_examples or None
-    test = data.eval_dataset(splits.x_test, splits.y_test, batch_size=max(config.batch_size, 100), limit=limit)
-    final = robust.evaluate(test, verbose=0, return_dict=True)
+    clean_acc, adv_acc = _final_test_accuracy(config, classifier, robust.eval_attack, splits, limit)
     n_eval = min(len(splits.x_test), limit or len(splits.x_test))
-    result = TrainResult(run_dir=run_dir, export_path=export_path, clean_accuracy=float(final["clean_accuracy"]),
-                         adv_accuracy=float(final["adv_accuracy"]), eval_examples=n_eval,
+    result = TrainResult(run_dir=run_dir, export_path=export_path, clean_accuracy=clean_acc,
+                         adv_accuracy=adv_acc, eval_examples=n_eval,
                          steps=int(robust.optimizer.iterations.numpy()),
                          train_step_traces=robust.train_step_traces, history=history)
     if config.eval_suite != "none" and chief:
@@ -213,6 +212,23 @@ def _train(config: TrainConfig, method: methods.Method, extra_callbacks: Sequenc
     if chief:
         files.write_json(os.path.join(run_dir, rundir.SUMMARY_FILE), summary)
     return result
+
+
+def _final_test_accuracy(config: TrainConfig, classifier: keras.Model, attack: AttackConfig, splits: data.Splits,
+                         limit: int | None) -> tuple[float, float]:
+    """(clean, PGD) accuracy on the test examples by the evaluation package's PGD, the attack `test_step`
+    validates with: PGD-eval_steps, step 2.5 eps / steps, uniform start, inference mode (with eps 0
+    the PGD accuracy is the clean one)."""
+    batch_size = max(config.batch_size, 100)
+    if not attack.eps > 0:
+        x, y = evaluation.load_arrays((splits.x_test, splits.y_test), limit)
+        clean = float((classifier.predict(x, batch_size=batch_size, verbose=0).argmax(-1) == y).mean())
+        return clean, clean
+    spec = evaluation.AttackSpec("pgd", steps=attack.steps, step_size=attack.step_size or None, random_start=True)
+    report = evaluation.robust_accuracy(classifier, (splits.x_test, splits.y_test), attacks=[spec],
+                                        eps_values=[attack.eps], norm=attack.norm, batch_size=batch_size,
+                                        limit=limit, seed=config.seed + 1, checks=None)
+    return report.clean_accuracy, report.accuracy[spec.display][0]
 
 
 def _is_disk_error(error: tf.errors.OpError) -> bool:
