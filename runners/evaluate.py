@@ -1,7 +1,8 @@
 """Evaluate the robustness of an exported classifier, with gradient-masking sanity checks.
 
     python runners/evaluate.py --model=runs/pgd_at-digits                  # a training run directory
-    python runners/evaluate.py --model=path/to/savedmodel --dataset=mnist --eps=0.1,0.2,0.3 --suite=full
+    python runners/evaluate.py --model=path/to/savedmodel --dataset=mnist --eps=0.1,0.2,0.3 --suite=apgd_square
+    python runners/evaluate.py --model=runs/pgd_at-digits --suite=autoattack   # AutoAttack, standard version
 
 Writes report.json, report.md, accuracy_vs_eps.png and TensorBoard scalars to --output_dir and
 prints the table. Flags in, one `tfrobust.evaluation.robust_accuracy` call out.
@@ -25,9 +26,12 @@ with cli.native_stderr_captured():
 flags.DEFINE_string("model", None, "A training run directory, or an exported SavedModel directory.")
 flags.DEFINE_string("dataset", None, "Dataset (as for train.py); default: the run's dataset, else digits.")
 flags.DEFINE_string("data_dir", None, "TFDS data directory.")
-flags.DEFINE_enum("suite", "standard", sorted(evaluation.SUITES), "quick: PGD-20; standard: APGD-CE + APGD-T; "
-                  "full: standard + Square.")
-flags.DEFINE_list("attacks", [], f"Attacks instead of the suite, from {', '.join(evaluation.ATTACK_NAMES)}.")
+flags.DEFINE_enum("suite", "apgd", sorted(evaluation.SUITES),
+                  "; ".join(f"{k}: {v}" for k, v in evaluation.SUITE_HELP.items()) + ".")
+flags.DEFINE_list("attacks", [], f"Attacks instead of the suite, from {', '.join(evaluation.ATTACK_NAMES)}; "
+                  "each on every example.")
+flags.DEFINE_integer("square_queries", None, "Queries of the Square attack in the suite (default: the suite's, "
+                     "5,000 in autoattack, 1,000 in apgd_square).", lower_bound=1)
 flags.DEFINE_list("eps", [], "Perturbation budgets (pixels in [0, 1]); default: the run's eps, else 0.1.")
 flags.DEFINE_enum("norm", None, ["linf", "l2"], "Threat model norm; default: the run's, else linf.")
 flags.DEFINE_integer("examples", 1000, "Evaluate the first N test examples (0: all).", lower_bound=0)
@@ -83,7 +87,8 @@ def main(argv: list[str]) -> None:
     attacks = FLAGS.attacks or FLAGS.suite
     keras.config.set_floatx(FLAGS.dtype or run_config.get("dtype", "float32"))
     try:
-        specs = evaluation.resolve_attacks(attacks)
+        specs = evaluation.with_square_queries(evaluation.resolve_attacks(attacks), FLAGS.square_queries)
+        sequential = not FLAGS.attacks and FLAGS.suite in evaluation.SEQUENTIAL_SUITES
         logits_fn = export.load_logits_fn(savedmodel)
         source = FLAGS.dataset or run_config.get("dataset", "digits")
         splits = data.load(source, data_dir=FLAGS.data_dir or run_config.get("data_dir"))
@@ -93,7 +98,8 @@ def main(argv: list[str]) -> None:
         report = evaluation.robust_accuracy(
             logits_fn, (splits.x_test, splits.y_test), attacks=specs, eps_values=eps_values, norm=norm,
             batch_size=FLAGS.batch_size, limit=FLAGS.examples or None, seed=FLAGS.seed,
-            checks="all" if FLAGS.checks == "all" else None, verbose=FLAGS.verbose)
+            checks="all" if FLAGS.checks == "all" else None, sequential=sequential,
+            model_path=FLAGS.model, dataset=source, verbose=FLAGS.verbose)
     except (TfrobustError, ValueError) as e:
         fail(e)
     try:

@@ -290,3 +290,34 @@ def test_apgd_run_halves_its_step_size_at_the_checkpoints_function_gives(monkeyp
     assert errors["none"].max() > 0.01
     assert errors["first only"].max() < 0.75 * errors["none"].max()
     assert errors["reference"].max() < 0.1 * errors["first only"].max()
+
+
+def _peak_run_with(monkeypatch, points, steps, **flags) -> np.ndarray:
+    monkeypatch.setattr(apgd, "checkpoints", lambda n: list(points))
+    peak, x, y = 0.56, tf.fill([64, 1, 1, 1], 0.5), tf.ones([64], tf.int32)
+
+    def logits_fn(z):
+        z0 = -100.0 * tf.square(tf.reshape(z, [-1]) - peak)
+        return tf.stack([z0, tf.zeros_like(z0)], axis=1)
+
+    x_out, _, _ = tf.function(lambda: apgd.apgd_run(
+        logits_fn, x, y, eps=tf.constant(0.2), steps=steps, norm="linf", objective=losses.cross_entropy,
+        seed=tf.constant([5, 6], tf.int64), **flags))()
+    return x_out.numpy().ravel()
+
+
+def test_apgd_schedule_details_default_to_the_reference_code(monkeypatch):
+    """AutoAttack's check_oscillation halves at `increases <= rho * k` and counts the first step
+    against 0; `strict_rho` and `compare_start` (the paper's `<`, the start's loss) change the run
+    only at a checkpoint whose condition they decide."""
+    # one checkpoint after the first step: CE > 0 always counts as an increase against 0, so the
+    # reference never halves there; against the start, the examples whose first step lost do
+    ref = _peak_run_with(monkeypatch, [1], 3)
+    np.testing.assert_array_equal(ref, _peak_run_with(monkeypatch, [1], 3, compare_start=False, strict_rho=False))
+    assert not np.array_equal(ref, _peak_run_with(monkeypatch, [1], 3, compare_start=True))
+    # an interval of 4 steps: exactly 3 increases halves in the reference, not with the paper's `<`
+    ref4 = _peak_run_with(monkeypatch, [4], 8)
+    assert not np.array_equal(ref4, _peak_run_with(monkeypatch, [4], 8, strict_rho=True))
+    # without checkpoints neither flag matters
+    none = _peak_run_with(monkeypatch, [], 8)
+    np.testing.assert_array_equal(none, _peak_run_with(monkeypatch, [], 8, strict_rho=True, compare_start=True))

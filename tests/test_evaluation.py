@@ -188,18 +188,19 @@ def test_xla_evaluation_runs_apgd_on_static_shapes(model, test_set):
         assert abs(xla.accuracy[label][0] - plain.accuracy[label][0]) <= 4 / 128, label
 
 
-def test_l2_evaluation_skips_the_linf_only_parts(model, test_set):
+def test_l2_evaluation_runs_every_attack_and_check(model, test_set):
+    """Every attack of the table supports l2 now (Square included), so the black-box check runs."""
     rep = robust_accuracy(lambda x: model(x, training=False), test_set,
-                          attacks=["pgd", AttackSpec("apgd_ce", steps=10), AttackSpec("square", steps=10)],
+                          attacks=["pgd", AttackSpec("apgd_ce", steps=10), AttackSpec("square", steps=100)],
                           eps_values=[0.5, 1.0], norm="l2", batch_size=128, limit=128, seed=0,
                           checks=["budget", "eps_monotonic", "black_box"])
-    assert rep.attack_labels == ["pgd-20", "apgd_ce-10"]
-    assert "square-10" in rep.skipped_attacks
-    assert rep.checks_run == ["budget", "eps_monotonic"]
-    assert "black_box" in rep.checks_skipped
-    assert rep.check("budget")["status"] == "pass"
+    assert rep.attack_labels == ["pgd-20", "apgd_ce-10", "square-100"]
+    assert not rep.skipped_attacks and not rep.checks_skipped
+    assert rep.checks_run == ["budget", "eps_monotonic", "black_box"]
+    assert rep.check("budget")["status"] == "pass" and rep.check("black_box")["status"] == "pass"
     assert max(max(v) for v in rep.max_perturbation.values()) <= 1.0 + 1e-5
     assert rep.accuracy["apgd_ce-10"][1] < rep.accuracy["apgd_ce-10"][0] < rep.clean_accuracy
+    assert rep.accuracy["square-100"][0] < rep.clean_accuracy
 
 
 def test_savedmodel_logits_fn_gives_the_same_report(model, test_set, tmp_path):
@@ -248,14 +249,20 @@ def test_report_files(report, tmp_path):
 
 def test_attack_specs_and_suites():
     assert [a.display for a in ev.SUITES["quick"]] == ["pgd-20"]
-    assert [a.name for a in ev.SUITES["standard"]] == ["apgd_ce", "apgd_t"]
-    assert [a.name for a in ev.SUITES["full"]] == ["apgd_ce", "apgd_t", "square"]
-    assert [a.display for a in ev.resolve_attacks("full")] == ["apgd_ce-100", "apgd_t-100", "square-1000"]
+    assert [a.name for a in ev.SUITES["apgd"]] == ["apgd_ce", "apgd_t"]
+    assert [a.name for a in ev.SUITES["apgd_square"]] == ["apgd_ce", "apgd_t", "square"]
+    assert [a.display for a in ev.resolve_attacks("apgd_square")] == ["apgd_ce-100", "apgd_t-100", "square-1000"]
+    assert [a.display for a in ev.resolve_attacks("autoattack")] == ["apgd_ce-100", "apgd_t-100", "fab_t-100",
+                                                                     "square-5000"]
     assert [a.display for a in ev.resolve_attacks(["quick", "fgsm"])] == ["pgd-20", "fgsm"]
     with pytest.raises(ev.EvaluationError, match="unknown attack"):
         AttackSpec("cw")
     with pytest.raises(ev.EvaluationError, match="step_size"):
         AttackSpec("apgd_ce", step_size=0.1)
+    with pytest.raises(ev.EvaluationError, match="random_start"):
+        AttackSpec("fab_t", random_start=True)
+    with pytest.raises(ev.EvaluationError, match="exactly 1"):
+        AttackSpec("fgsm", steps=3)
     with pytest.raises(ev.EvaluationError, match="unique"):
         ev.resolve_attacks(["pgd", AttackSpec("pgd", steps=20)])
     with pytest.raises(ev.EvaluationError, match="eps"):

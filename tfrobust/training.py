@@ -242,28 +242,28 @@ def _train(config: TrainConfig, method: methods.Method, extra_callbacks: Sequenc
     if start_epoch < config.epochs and not stopped(start_epoch):
         fit(start_epoch, config.epochs, 0)
 
+    limit = config.eval_examples or None
     with robust.evaluated_weights():  # the weight averages, with averaging on
         export_path = export.export_classifier(classifier, os.path.join(write_dir, "savedmodel"))
+        clean_acc, adv_acc = _final_test_accuracy(config, classifier, robust.eval_attack, splits, limit)
     if not chief:  # its copy is deleted; the run's export is the chief's
         export_path = os.path.abspath(os.path.join(run_dir, "savedmodel"))
-    limit = config.eval_examples or None
-    test = data.eval_dataset(splits.x_test, splits.y_test, batch_size=max(config.batch_size, 100), limit=limit)
-    final = robust.evaluate(test, verbose=0, return_dict=True)
     n_eval = min(len(splits.x_test), limit or len(splits.x_test))
-    result = TrainResult(run_dir=run_dir, export_path=export_path, clean_accuracy=float(final["clean_accuracy"]),
-                         adv_accuracy=float(final["adv_accuracy"]), eval_examples=n_eval,
+    result = TrainResult(run_dir=run_dir, export_path=export_path, clean_accuracy=clean_acc,
+                         adv_accuracy=adv_acc, eval_examples=n_eval,
                          steps=int(robust.optimizer.iterations.numpy()),
                          train_step_traces=robust.train_step_traces, history=epoch_history.history())
     if config.eval_suite != "none" and chief:
-        report = evaluation.robust_accuracy(
-            classifier, (splits.x_test, splits.y_test), attacks=config.eval_suite, eps_values=[config.eps],
-            norm=config.norm, limit=limit, seed=config.seed, verbose=_verbosity(config) in (1, "auto"))
+        with robust.evaluated_weights():
+            report = evaluation.robust_accuracy(
+                classifier, (splits.x_test, splits.y_test), attacks=config.eval_suite, eps_values=[config.eps],
+                norm=config.norm, limit=limit, seed=config.seed, verbose=_verbosity(config) in (1, "auto"))
         report.save(os.path.join(run_dir, "evaluation"))
         result.suite_accuracy = {**{label: acc[0] for label, acc in report.accuracy.items()},
                                  "worst_case": report.worst_case[0]}
         result.suite_checks_passed = report.passed
     if best is not None and best.latest_checkpoint:
-        _evaluate_best(result, best, checkpoint, robust, test, run_dir, chief, steps_per_epoch, config.epochs)
+        _evaluate_best(result, best, checkpoint, robust, config, splits, limit, steps_per_epoch)
     if chief:
         hparams.write(logdir, config_lib.to_json(config), _final_metrics(result), result.steps, trial_id=run_dir)
     summary = dataclasses.asdict(result)
@@ -299,18 +299,18 @@ def banner(config: TrainConfig, method: methods.Method, splits: data.Splits, str
 
 
 def _evaluate_best(result: TrainResult, best: callbacks_lib.BestRobustCheckpoint, checkpoint: tf.train.Checkpoint,
-                   robust: RobustModel, test: tf.data.Dataset, run_dir: str, chief: bool, steps_per_epoch: int,
-                   epochs: int) -> None:
+                   robust: RobustModel, config: TrainConfig, splits: data.Splits, limit: int | None,
+                   steps_per_epoch: int) -> None:
     """Fill in the best model's figures: restore its checkpoint (the last model is exported and
-    evaluated by now) and evaluate it on the same test examples."""
+    evaluated by now) and evaluate it on the same test examples with the same PGD."""
     checkpoint.restore(best.latest_checkpoint).expect_partial()
-    scores = robust.evaluate(test, verbose=0, return_dict=True)
+    with robust.evaluated_weights():
+        clean, adv = _final_test_accuracy(config, robust.classifier, robust.eval_attack, splits, limit)
     done = result.steps // steps_per_epoch
     result.best_epoch, result.best_val_adv_accuracy = best.best_epoch, best.best_value
-    result.best_clean_accuracy = float(scores["clean_accuracy"])
-    result.best_adv_accuracy = float(scores["adv_accuracy"])
-    result.best_export_path = os.path.abspath(os.path.join(run_dir, "savedmodel_best"))
-    result.stopped_epoch = done if done < epochs and best.patience_exhausted(done) else None
+    result.best_clean_accuracy, result.best_adv_accuracy = clean, adv
+    result.best_export_path = os.path.abspath(os.path.join(result.run_dir, "savedmodel_best"))
+    result.stopped_epoch = done if done < config.epochs and best.patience_exhausted(done) else None
     result.overfitting = list(best.overfitting)
 
 
@@ -340,6 +340,23 @@ def _process_settings(config: TrainConfig):
     finally:
         keras.config.set_floatx(saved[0])
         keras.mixed_precision.set_global_policy(saved[1])
+
+
+def _final_test_accuracy(config: TrainConfig, classifier: keras.Model, attack: AttackConfig, splits: data.Splits,
+                         limit: int | None) -> tuple[float, float]:
+    """(clean, PGD) accuracy on the test examples by the evaluation package's PGD, the attack `test_step`
+    validates with: PGD-eval_steps, step 2.5 eps / steps, uniform start, inference mode (with eps 0
+    the PGD accuracy is the clean one)."""
+    batch_size = max(config.batch_size, 100)
+    if not attack.eps > 0:
+        x, y = evaluation.load_arrays((splits.x_test, splits.y_test), limit)
+        clean = float((classifier.predict(x, batch_size=batch_size, verbose=0).argmax(-1) == y).mean())
+        return clean, clean
+    spec = evaluation.AttackSpec("pgd", steps=attack.steps, step_size=attack.step_size or None, random_start=True)
+    report = evaluation.robust_accuracy(classifier, (splits.x_test, splits.y_test), attacks=[spec],
+                                        eps_values=[attack.eps], norm=attack.norm, batch_size=batch_size,
+                                        limit=limit, seed=config.seed + 1, checks=None)
+    return report.clean_accuracy, report.accuracy[spec.display][0]
 
 
 def _is_disk_error(error: tf.errors.OpError) -> bool:

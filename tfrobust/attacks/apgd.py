@@ -12,12 +12,17 @@ objective. Schedule (as in the paper and its reference code): initial step 2 eps
 (none on the first step), checkpoints (`checkpoints`) at fractions p_0 = 0, p_1 = 0.22,
 p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06) of the iterations; at a checkpoint the step size of
 an example halves and it restarts from its best point when
-  condition 1: the objective increased in fewer than rho = 0.75 of the steps since the last
-               checkpoint, or
+  condition 1: the objective increased in at most rho = 0.75 of the steps since the last
+               checkpoint (the reference's `check_oscillation`: count <= rho * interval; the paper
+               writes `<`: `strict_rho=True`), or
   condition 2: its step size was not halved at the last checkpoint and its best objective did not
                improve since then (as in the reference code, condition 2 cannot fire at the first
                checkpoint).
-Like the reference code, the momentum term after a restart is taken from the point before it.
+Like the reference code, the momentum term after a restart is taken from the point before it, and
+the first step of the first interval counts as an increase when its objective is above 0 (the
+reference compares it with a not yet written, zero entry of its loss history; for CE that is
+almost always an increase, for the DLR losses only when the start is already misclassified);
+`compare_start=True` compares it with the objective at the random start instead.
 Unlike it, the loop stops early once every example of the batch is misclassified (the result is
 the same: a misclassified example keeps its misclassified point).
 
@@ -68,12 +73,17 @@ def apgd_run(
     seed: tf.Tensor,
     rho: float = 0.75,
     momentum: float = 0.75,
+    strict_rho: bool = False,
+    compare_start: bool = False,
     clip_min: float = 0.0,
     clip_max: float = 1.0,
 ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     """One APGD run from a uniform random start: (adversarial x, misclassified [B], best objective [B]).
 
     `eps` is already per-example-broadcastable (see `ball.per_example`); `steps` a Python int.
+    `strict_rho` and `compare_start`: the paper's condition 1 (`increases < rho * interval`) and an
+    increase on the first step measured against the start; both default to the reference code
+    (`<=`, against 0), see the module docstring and docs/methods.md.
     """
     steps = int(steps)
     # Iterations (1-based) after which the step size may halve; at one, `since` is the length of the
@@ -102,7 +112,7 @@ def apgd_run(
         loss_best=loss,
         x_fooled=x_adv,
         fooled=fooled,
-        prev_loss=loss,
+        prev_loss=loss if compare_start else tf.zeros_like(loss),
         increases=zeros_b,
         since=tf.constant(0),
         loss_best_ckpt=loss,
@@ -132,7 +142,8 @@ def apgd_run(
 
         since = s["since"] + 1
         at_ckpt = tf.reduce_any(tf.equal(halving_points, s["i"] + 1))
-        cond1 = tf.cast(increases, x.dtype) < rho * tf.cast(since, x.dtype)
+        count, bound = tf.cast(increases, x.dtype), rho * tf.cast(since, x.dtype)
+        cond1 = count < bound if strict_rho else count <= bound
         cond2 = tf.logical_and(tf.logical_not(s["reduced_ckpt"]), s["loss_best_ckpt"] >= loss_best)
         halve = tf.logical_and(at_ckpt, tf.logical_or(cond1, cond2))
         halve_x = _expand(halve, x)
@@ -207,6 +218,8 @@ def apgd(
     restarts: int = 1,
     rho: float = 0.75,
     momentum: float = 0.75,
+    strict_rho: bool = False,
+    compare_start: bool = False,
     seed: int | tf.Tensor | None = None,
     clip_min: float = 0.0,
     clip_max: float = 1.0,
@@ -235,7 +248,7 @@ def apgd(
                         eps=subbatch.gather_examples(eps_b, index), steps=steps, norm=norm,
                         objective=objective,
                         seed=rng.fold_in(seed, r), rho=rho, momentum=momentum,
-                        clip_min=clip_min, clip_max=clip_max)
+                        strict_rho=strict_rho, compare_start=compare_start, clip_min=clip_min, clip_max=clip_max)
 
     fooled = subbatch.misclassified(tf.stop_gradient(logits_fn(x)), y)
     return _runs(run, x, fooled, int(restarts), compare_loss=True, compact=compact)
@@ -253,6 +266,8 @@ def apgd_targeted(
     restarts: int = 1,
     rho: float = 0.75,
     momentum: float = 0.75,
+    strict_rho: bool = False,
+    compare_start: bool = False,
     seed: int | tf.Tensor | None = None,
     clip_min: float = 0.0,
     clip_max: float = 1.0,
@@ -294,7 +309,7 @@ def apgd_targeted(
                         eps=subbatch.gather_examples(eps_b, index), steps=steps, norm=norm,
                         objective=objective,
                         seed=rng.fold_in(seed, r), rho=rho, momentum=momentum,
-                        clip_min=clip_min, clip_max=clip_max)
+                        strict_rho=strict_rho, compare_start=compare_start, clip_min=clip_min, clip_max=clip_max)
 
     fooled = subbatch.misclassified(clean_logits, y)
     return _runs(run, x, fooled, n_targets * restarts, compare_loss=False, compact=compact)
