@@ -154,3 +154,97 @@ def test_tolerance_flag_is_validated():
     with pytest.raises(Exception, match="atent_tolerance"):
         build("atent", AttackConfig(steps=3), dict(atent_tolerance=-1.0))
     assert "atent_tolerance" in methods.hyperparameters("atent")
+
+
+# -- the clean-accuracy monitor -------------------------------------------------------------------
+
+class CountingModel(keras.Model):
+    """The classifier, counting its executed calls on the clean batch in inference mode."""
+
+    def __init__(self, inner, x):
+        super().__init__()
+        self.inner, self.x = inner, x
+        self.clean_inference_calls = tf.Variable(0, trainable=False)
+        self.calls = tf.Variable(0, trainable=False)
+
+    def call(self, inputs, training=False):
+        self.calls.assign_add(1)
+        if not training:
+            same = tf.reduce_all(tf.equal(inputs, self.x))
+            self.clean_inference_calls.assign_add(tf.cast(same, tf.int32))
+        return self.inner(inputs, training=training)
+
+
+@pytest.mark.parametrize("method_name", ["pgd_at", "atent"])
+def test_monitor_off_runs_no_clean_forward(method_name):
+    x, y = batch(4)
+    attack = AttackConfig(eps=0.1, step_size=0.04, steps=3)
+    counts = {}
+    for monitor in (True, False):
+        model = CountingModel(tiny_model(0), x)
+        rm = robust(build(method_name, attack), model, monitor_clean=monitor)
+        logs = tf.function(rm.train_step)((x, y))
+        counts[monitor] = (int(model.clean_inference_calls.numpy()), int(model.calls.numpy()))
+        assert ("clean_accuracy" in logs) == monitor and "adv_accuracy" in logs
+    assert counts[True][0] == 1 and counts[False][0] == 0  # the one inference pass on x
+    assert counts[True][1] == counts[False][1] + 1
+
+
+def test_methods_that_see_x_report_clean_accuracy_without_the_extra_pass():
+    x, y = batch(5)
+    model = CountingModel(tiny_model(0), x)
+    rm = robust(build("trades", AttackConfig(eps=0.1, step_size=0.04, steps=2)), model, monitor_clean=False)
+    logs = tf.function(rm.train_step)((x, y))
+    assert "clean_accuracy" in logs
+
+
+def test_monitor_clean_is_a_training_setting():
+    from tfrobust import config
+
+    assert config.TrainConfig().monitor_clean is True
+    assert "monitor_clean" in {s.name for s in config.SPECS if s.flag}
+
+
+# -- RobustModel.fit on arrays --------------------------------------------------------------------
+
+def test_fit_on_arrays_goes_through_a_pipeline_with_autotune_off(monkeypatch):
+    from tfrobust import data
+
+    made = []
+    original = data.array_batches
+
+    def spy(*args, **kwargs):
+        dataset = original(*args, **kwargs)
+        made.append(dataset)
+        return dataset
+
+    monkeypatch.setattr(data, "array_batches", spy)
+    r = np.random.default_rng(0)
+    x = r.uniform(0, 1, size=(50, *SHAPE)).astype(np.float32)
+    y = (np.arange(50) % CLASSES).astype(np.int32)
+    rm = robust(build("pgd_at", AttackConfig(eps=0.1, step_size=0.04, steps=1)), tiny_model(0))
+    seen = []
+
+    class Batches(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            seen.append(batch)
+
+    history = rm.fit(x, y, batch_size=16, epochs=2, validation_split=0.2, verbose=0, callbacks=[Batches()])
+    # 40 training examples in batches of 16, the last partial (Keras semantics): 3 steps an epoch
+    assert len(seen) == 6 and len(history.history["loss"]) == 2 and "val_adv_accuracy" in history.history
+    assert len(made) == 2 and all(not d.options().autotune.enabled for d in made)
+    train, val = made[1], made[0]
+    assert [int(b[0].shape[0]) for b in train] == [16, 16, 8]
+    np.testing.assert_array_equal(np.concatenate([b[1].numpy() for b in val]), y[40:])  # the last 20%
+    order = [np.concatenate([b[1].numpy() for b in train]) for _ in range(2)]
+    assert sorted(order[0]) == sorted(y[:40]) and not np.array_equal(order[0], y[:40])  # shuffled
+
+
+def test_fit_on_a_dataset_is_keras_fit_unchanged(monkeypatch):
+    from tfrobust import data
+
+    monkeypatch.setattr(data, "array_batches", lambda *a, **k: pytest.fail("arrays path taken"))
+    x, y = batch(6)
+    rm = robust(build("standard", AttackConfig(steps=0)), tiny_model(0))
+    history = rm.fit(tf.data.Dataset.from_tensor_slices((x, y)).batch(4), epochs=1, verbose=0)
+    assert len(history.history["loss"]) == 1

@@ -136,7 +136,8 @@ def _train(config: TrainConfig, method: methods.Method, extra_callbacks: Sequenc
                                         depth=config.wrn_depth, width=config.wrn_width)
         robust = RobustModel(classifier, method, weight_decay=config.weight_decay, seed=config.seed,
                              eval_attack=default_eval_attack(method.attack, config.eval_steps),
-                             eps_warmup_steps=round(config.eps_warmup_epochs * steps_per_epoch))
+                             eps_warmup_steps=round(config.eps_warmup_epochs * steps_per_epoch),
+                             monitor_clean=config.monitor_clean)
         jit = "auto" if config.jit_compile is None else config.jit_compile
         robust.compile(optimizer=build_optimizer(config, steps_per_epoch), jit_compile=jit)
         checkpoint = tf.train.Checkpoint(model=classifier, optimizer=robust.optimizer)
