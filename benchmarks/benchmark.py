@@ -86,7 +86,8 @@ def cases_from_flags() -> list[harness.Case]:
         raise harness.BenchmarkError(f"timeout must be a finite number of seconds, got {FLAGS.timeout}")
     files.check_output_dir(FLAGS.output_dir, harness.OUTPUT_FILES, FLAGS.overwrite, what="--output_dir")
     cases = harness.grid(FLAGS.models, FLAGS.methods, steps, [_BOOLS[j.lower()] for j in FLAGS.jit_compile],
-                         FLAGS.modes, baseline=FLAGS.baseline, batch_size=FLAGS.batch_size, steps=FLAGS.steps, repeats=FLAGS.repeats,
+                         FLAGS.modes, baseline=FLAGS.baseline, batch_size=FLAGS.batch_size, steps=FLAGS.steps,
+                         repeats=FLAGS.repeats,
                          warmup=FLAGS.warmup, mixed_precision=FLAGS.mixed_precision,
                          inter_op_threads=FLAGS.inter_op_threads)
     for case in cases:

@@ -384,7 +384,7 @@ def baseline_table(results: Sequence[Result]) -> str:
     base = {(k[0], k[1], k[4], k[5]): v for k, v in groups.items() if k[3] == BASELINE}
     lines = ["| model (batch) | method | attack steps | XLA | images/s | baseline images/s | x baseline (median) "
              "| min-max over rounds | rounds | load average |", "|" + " --- |" * 10]
-    for (model, batch, mode, method, steps, jit), rs in groups.items():
+    for (model, batch, _, method, steps, jit), rs in groups.items():
         if method == BASELINE:
             continue
         ratios = [r.vs_baseline for r in rs if r.vs_baseline is not None]

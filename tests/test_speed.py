@@ -248,3 +248,58 @@ def test_fit_on_a_dataset_is_keras_fit_unchanged(monkeypatch):
     rm = robust(build("standard", AttackConfig(steps=0)), tiny_model(0))
     history = rm.fit(tf.data.Dataset.from_tensor_slices((x, y)).batch(4), epochs=1, verbose=0)
     assert len(history.history["loss"]) == 1
+
+
+# -- ATENT's shared forward pass ------------------------------------------------------------------
+
+def bn_model(seed: int = 0) -> keras.Model:
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input(SHAPE)
+    h = keras.layers.Conv2D(4, 3, padding="same")(inputs)
+    h = keras.layers.Activation("relu")(keras.layers.BatchNormalization()(h))
+    return keras.Model(inputs, keras.layers.Dense(CLASSES)(keras.layers.Flatten()(h)))
+
+
+@pytest.mark.parametrize("projection,tolerance,norm", [("every", 0.0, "linf"), ("last", 0.0, "linf"),
+                                                      ("every", 1e-3, "linf"), ("every", 0.0, "l2"),
+                                                      ("last", 0.5, "linf")])
+def test_shared_forward_gives_the_same_update_without_dropout(projection, tolerance, norm):
+    """Without dropout the shared pass computes the same function: the same iterates and update
+    (batch norm in train mode normalizes by the batch either way)."""
+    attack = AttackConfig(eps=0.1 if norm == "linf" else 0.5, step_size=0.04, steps=5, norm=norm, bn_mode="train")
+    x, y = batch(7)
+    seed = tf.constant([8, 9], tf.int64)
+    got = {}
+    for shared in (False, True):
+        method = build("atent", attack, dict(noise=0.1, gamma=0.05 if norm == "l2" else 0.0, projection=projection,
+                                             atent_tolerance=tolerance, atent_shared_forward=shared))
+        model = bn_model(0)
+        rm = robust(method, model)
+        step = tf.function(lambda: (lambda o, g, xl: (o.per_example, g, xl))(  # noqa: E731
+            *method.gradients(StepContext(model, seed), x, y, rm._differentiate)))
+        loss, grads, x_last = step()
+        got[shared] = (loss.numpy(), [g.numpy() for g in grads], x_last.numpy())
+    np.testing.assert_allclose(got[True][2], got[False][2], atol=1e-6)
+    for a, b in zip(got[True][1], got[False][1]):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(got[True][0], got[False][0], rtol=1e-5)
+
+
+@pytest.mark.parametrize("tolerance,kept", [(0.0, 10), (5e-8, 8), (1e-3, 3)])
+def test_shared_forward_runs_one_pass_per_iterate(tolerance, kept):
+    x, y = batch(8)
+    calls = {}
+    for shared in (False, True):
+        method = build("atent", AttackConfig(eps=0.1, step_size=0.04, steps=10, bn_mode="train"),
+                       dict(atent_tolerance=tolerance, atent_shared_forward=shared))
+        model = CountingModel(tiny_model(0), x)
+        rm = robust(method, model, monitor_clean=False)
+        tf.function(rm.train_step)((x, y))
+        calls[shared] = int(model.calls.numpy())
+    assert calls[False] == 10 + kept  # L input gradients, k weight gradients
+    assert calls[True] == 10 + 1  # L passes (k - 1 of them shared), and the last iterate's
+
+
+def test_shared_forward_needs_the_attack_in_train_mode():
+    with pytest.raises(ValueError, match="atent_shared_forward"):
+        build("atent", AttackConfig(steps=3, bn_mode="eval"), dict(atent_shared_forward=True))

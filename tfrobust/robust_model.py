@@ -205,9 +205,13 @@ class RobustModel(keras.Model):
         done = tf.cast(self.optimizer.iterations + 1, tf.float32)
         return tf.minimum(1.0, done / float(self.eps_warmup_steps))
 
-    def _differentiate(self, loss_fn: Callable[[], LossOutput], regularize: bool):
+    def _differentiate(self, loss_fn: Callable[[], LossOutput], regularize: bool, inputs: tuple = ()):
+        """(loss output, gradients of the scaled loss w.r.t. the trainable variables, followed by its
+        gradients w.r.t. each of `inputs`: one backward pass for both)."""
         variables = self.classifier.trainable_variables
         with tf.GradientTape() as tape:
+            for t in inputs:
+                tape.watch(t)
             out = loss_fn()
             loss = tf.nn.compute_average_loss(out.per_example)
             loss += tf.cast(out.batch_loss, tf.float32) / _num_replicas()
@@ -215,7 +219,7 @@ class RobustModel(keras.Model):
                 l2 = tf.add_n([tf.nn.l2_loss(tf.cast(v, tf.float32)) for v in variables])
                 loss += tf.nn.scale_regularization_loss(self.weight_decay * l2)
             scaled = self.optimizer.scale_loss(loss)
-        return out, tape.gradient(scaled, variables)
+        return out, tape.gradient(scaled, [*variables, *inputs])
 
     def train_step(self, data):
         self.train_step_traces += 1

@@ -57,6 +57,10 @@ class Atent(Method):
         5e-8, "ATENT: take the weight gradient only of the last iterates whose weights sum to within this of "
         "the full sum (the dropped weights' total is at most this; 0: every iterate, the reference's sum).",
         low=0, high=1)
+    atent_shared_forward: bool = setting(
+        False, "ATENT: one train-mode forward and backward pass per iterate gives both its weight gradient and the "
+        "next Langevin step's input gradient (needs attack_bn_mode train). The reference runs two forward passes "
+        "there, with independent dropout masks and two batch-norm statistics updates.")
 
     name = "atent"
     reference_bn_mode = "train"  # the StochAT reference samples with the model in train() mode
@@ -66,6 +70,9 @@ class Atent(Method):
         super().__post_init__()
         if self.attack.steps < 1:
             raise ValueError(f"ATENT needs at least one Langevin step (attack.steps); got {self.attack.steps}")
+        if self.atent_shared_forward and self.attack.bn_mode != "train":
+            raise ValueError("atent_shared_forward needs the attack in train mode (attack_bn_mode train): the "
+                             f"shared pass is the training loss's; got {self.attack.bn_mode}")
 
     # -- the sampler ----------------------------------------------------------------------
 
@@ -78,10 +85,13 @@ class Atent(Method):
         """x'_0, the random start."""
         return langevin.langevin_start(x, ctx.eps(self.attack), self.attack.norm, self.start, self.seeds(ctx)[0])
 
-    def next_iterate(self, ctx, x, y, x_prev, index, last: bool) -> tf.Tensor:
-        """x'_index (1-based) from x'_{index-1}; `last`: whether index == L (for projection='last')."""
+    def next_iterate(self, ctx, x, y, x_prev, index, last: bool, grad=None) -> tf.Tensor:
+        """x'_index (1-based) from x'_{index-1}; `last`: whether index == L (for projection='last');
+        `grad`: the input gradient at x'_{index-1} if already computed (any positive multiple of it
+        per example: the step uses its sign or its direction)."""
         a = self.attack
-        grad, _, _ = gradients.input_gradient(ctx.attack_logits_fn(a), losses.cross_entropy, x_prev, y)
+        if grad is None:
+            grad, _, _ = gradients.input_gradient(ctx.attack_logits_fn(a), losses.cross_entropy, x_prev, y)
         project = self.projection == "every" or (self.projection == "last" and last)
         x_next = langevin.langevin_step(
             x_prev, x, grad, step_size=ctx.step_size(a), noise=self.noise, gamma=self.gamma, norm=a.norm,
@@ -121,6 +131,45 @@ class Atent(Method):
             if math.fsum(weights[:steps - kept]) <= self.atent_tolerance:
                 return kept
         return steps
+
+    def _shared_forward_gradients(self, ctx, x, y, differentiate, x_prev, first_kept):
+        """`gradients` with `atent_shared_forward`: iterates first_kept..L-1 each take one pass for
+        their weight gradient and the next step's input gradient (that of the scaled, unweighted
+        loss: a positive multiple of the CE gradient per example, so the same sign and direction).
+        Each term of the update has the reference's distribution (iterate l's dropout mask is
+        independent of x'_l); the masks of neighbouring terms are correlated instead of independent."""
+        steps = self.attack.steps
+        weights = self.iterate_weights()
+        weights_t = tf.constant(weights, tf.float32)
+        variables = ctx.model.trainable_variables
+        n = len(variables)
+
+        def joint(index, x_l, last: bool):
+            """Iterate `index`'s weighted per-example loss and weight gradient, and x'_{index+1}."""
+            out, grads = differentiate(lambda: self.loss(ctx, x, y, x_l), False, (x_l,))
+            weight = weights_t[index - 1]
+            grads_w = [weight * (tf.zeros_like(v) if g is None else tf.convert_to_tensor(g))
+                       for g, v in zip(grads[:n], variables)]
+            x_next = self.next_iterate(ctx, x, y, x_l, index + 1, last=last, grad=grads[n])
+            return weight * out.per_example, grads_w, x_next
+
+        def body(index, x_l, loss_sum, grad_sum):
+            loss, grads, x_next = joint(index, x_l, last=False)
+            return index + 1, x_next, loss_sum + loss, [s + g for s, g in zip(grad_sum, grads)]
+
+        # x'_first_kept by a plain input gradient, then joint passes at first_kept..L-2 in a loop and
+        # at L-1 outside it (the step to x'_L may project differently: projection='last').
+        x_l = self.next_iterate(ctx, x, y, x_prev, first_kept, last=first_kept == steps)
+        loss_sum = tf.zeros_like(tf.cast(y, tf.float32))
+        grad_sum = [tf.zeros_like(v) for v in variables]
+        _, x_l, loss_sum, grad_sum = tf.while_loop(
+            lambda index, *_: index < steps - 1, body,
+            (tf.constant(first_kept), x_l, loss_sum, grad_sum), parallel_iterations=1)
+        if first_kept < steps:
+            loss, grads, x_l = joint(steps - 1, x_l, last=True)
+            loss_sum, grad_sum = loss_sum + loss, [s + g for s, g in zip(grad_sum, grads)]
+        return self._last_iterate(ctx, x, y, differentiate, x_l, loss_sum, grad_sum)
+
 
     def gradients(self, ctx, x, y, differentiate):
         """ATENT's update, the weight gradient of sum_l w_l CE(z(x'_l), y), w_l = alpha (1 - alpha)^(L - l).
@@ -165,6 +214,9 @@ class Atent(Method):
             lambda index, x_prev: (index + 1, self.next_iterate(ctx, x, y, x_prev, index, last=False)),
             (tf.constant(1), self.first_iterate(ctx, x)), parallel_iterations=1)
 
+        if self.atent_shared_forward:
+            return self._shared_forward_gradients(ctx, x, y, differentiate, x_prev, first_kept)
+
         # Iterates first_kept..L-1 inside a loop: each one's weighted loss is differentiated and dropped,
         # only the running sums of the gradients and of the per-example loss are carried.
         def body(index, x_prev, loss_sum, grad_sum):
@@ -182,11 +234,20 @@ class Atent(Method):
             lambda index, *_: index < steps, body,
             (tf.constant(first_kept), x_prev, loss_sum, grad_sum), parallel_iterations=1)
 
-        # The last iterate outside the loop: it carries the weight decay (exactly once per step)
-        # and the logits the caller reports adversarial accuracy on.
         x_last = self.next_iterate(ctx, x, y, x_prev, steps, last=True)
-        last, grads = differentiate(lambda: weighted(x_last, weights[-1]), True)
-        grads = [s + g for s, g in zip(grad_sum, dense(grads))]
+        return self._last_iterate(ctx, x, y, differentiate, x_last, loss_sum, grad_sum)
+
+    def _last_iterate(self, ctx, x, y, differentiate, x_last, loss_sum, grad_sum):
+        """The last iterate's weight gradient, outside the loops: it carries the weight decay
+        (exactly once per step) and the logits the caller reports adversarial accuracy on."""
+        weight = self.iterate_weights()[-1]
+
+        def weighted():
+            out = self.loss(ctx, x, y, x_last)
+            return dataclasses.replace(out, per_example=weight * out.per_example)
+
+        last, grads = differentiate(weighted, True)
+        grads = [s + (tf.zeros_like(s) if g is None else tf.convert_to_tensor(g)) for s, g in zip(grad_sum, grads)]
         last_ce = last.terms["last_ce"]
         total = loss_sum + last.per_example
         out = LossOutput(per_example=total, terms={"atent_loss": total, "last_ce": last_ce},

@@ -84,9 +84,9 @@ class StepContext:
         return lambda x: self.logits(x, training=training)
 
 
-# differentiate(loss_fn, regularize) -> (LossOutput, gradients of the scaled loss w.r.t. the
-# classifier's trainable variables). `regularize` adds weight decay; a method must ask for it
-# exactly once per step.
+# differentiate(loss_fn, regularize[, inputs]) -> (LossOutput, gradients of the scaled loss w.r.t.
+# the classifier's trainable variables, then w.r.t. each tensor of `inputs` if given). `regularize`
+# adds weight decay; a method must ask for it exactly once per step.
 Differentiate = Callable[[Callable[[], LossOutput], bool], tuple[LossOutput, Sequence[tf.Tensor]]]
 
 
