@@ -28,7 +28,9 @@ with cli.native_stderr_captured():
 
 flags.DEFINE_list("models", ["tiny_cnn", "small_cnn"], f"Models, each on synthetic inputs of its preset shape "
                   f"({', '.join(f'{m} {s[0][0]}x{s[0][1]}x{s[0][2]}' for m, s in harness.PRESETS.items())}).")
-flags.DEFINE_list("methods", sorted(methods.REGISTRY), "Methods.")
+flags.DEFINE_list("methods", sorted(methods.REGISTRY), "Methods, each NAME or NAME:KEY=VALUE:... with its "
+                  "hyperparameters (e.g. atent:atent_shared_forward=true:bn_mode=train; bn_mode: the attack's "
+                  "model mode, default eval).")
 flags.DEFINE_list("attack_steps", ["10"], "Training-attack step counts (ATENT: Langevin steps).")
 flags.DEFINE_list("jit_compile", ["false", "true"], "XLA settings to measure.")
 flags.DEFINE_list("modes", ["tensors"], "tensors: the compiled step on ready tensors; fit: through Keras fit.")
@@ -65,7 +67,7 @@ def cases_from_flags() -> list[harness.Case]:
     unknown = [m for m in FLAGS.models if m not in harness.PRESETS]
     if unknown:
         raise harness.BenchmarkError(f"models must be among {sorted(harness.PRESETS)}, got {unknown}")
-    unknown = [m for m in FLAGS.methods if m not in methods.REGISTRY]
+    unknown = [m for m in FLAGS.methods if harness.split_method(m)[0] not in methods.REGISTRY]
     if unknown:
         raise harness.BenchmarkError(f"methods must be among {sorted(methods.REGISTRY)}, got {unknown}")
     try:

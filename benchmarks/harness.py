@@ -71,6 +71,28 @@ class BenchmarkError(TfrobustError):
     """A case that cannot be measured; the message is one line."""
 
 
+def split_method(spec: str) -> tuple[str, dict[str, Any]]:
+    """`name` or `name:key=value:...` -> (method name, options): a method's hyperparameters, or
+    `bn_mode` for the attack's model mode; values true/false, numbers or strings."""
+    name, *pairs = spec.split(":")
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise BenchmarkError(f"method options are key=value, got {pair!r} in {spec!r}")
+        if value.lower() in ("true", "false"):
+            options[key] = value.lower() == "true"
+        else:
+            try:
+                options[key] = int(value)
+            except ValueError:
+                try:
+                    options[key] = float(value)
+                except ValueError:
+                    options[key] = value
+    return name, options
+
+
 @dataclasses.dataclass(frozen=True)
 class Case:
     """One configuration to measure."""
@@ -101,7 +123,14 @@ class Case:
     def validate(self) -> None:
         from tfrobust import methods  # noqa: PLC0415 (keeps `import harness` light)
 
-        if self.method not in methods.REGISTRY and self.method != BASELINE:
+        name, options = split_method(self.method)
+        if name in methods.REGISTRY:
+            try:
+                methods.build(name, methods.AttackConfig(steps=max(1, self.attack_steps),
+                                                         bn_mode=options.pop("bn_mode", "eval")), options)
+            except Exception as e:  # noqa: BLE001 (any refusal of the options, as one line)
+                raise BenchmarkError(f"method {self.method!r}: {e}") from None
+        if name not in methods.REGISTRY and self.method != BASELINE:
             raise BenchmarkError(f"method must be one of {sorted(methods.REGISTRY)} or {BASELINE}, "
                                  f"got {self.method!r}")
         if self.method == BASELINE and (self.mode != "tensors" or self.attack_steps < 1):
@@ -115,7 +144,7 @@ class Case:
                 or self.inter_op_threads < 0):
             raise BenchmarkError("steps and repeats must be >= 1; warmup, batch_size, attack_steps and "
                                  "inter_op_threads >= 0")
-        if self.method == "atent" and self.attack_steps < 1:
+        if name == "atent" and self.attack_steps < 1:
             raise BenchmarkError("atent needs attack_steps >= 1")
 
 
@@ -224,7 +253,9 @@ def measure(case: Case) -> Result:
         step, traces = baseline_step(classifier, optimizer, attack, case.jit_compile)
         first, per_step = _time_tensors(step, x, y, case, memory)
     else:
-        model = RobustModel(classifier, methods.build(case.method, attack), seed=case.seed)
+        name, options = split_method(case.method)
+        attack = dataclasses.replace(attack, bn_mode=options.pop("bn_mode", attack.bn_mode))
+        model = RobustModel(classifier, methods.build(name, attack, options), seed=case.seed)
         model.compile(optimizer=optimizer, jit_compile=case.jit_compile)
         traces = lambda: model.train_step_traces  # noqa: E731
         if case.mode == "tensors":
@@ -401,7 +432,8 @@ def baseline_table(results: Sequence[Result]) -> str:
 def add_relative_times(results: Sequence[Result]) -> list[Result]:
     """Each result's step time over the `standard` step's with the same model, batch, XLA setting,
     mode, precision and threads (None when that clean case was not measured)."""
-    clean = {_clean_key(r.case): r.step_seconds for r in results if r.case.method == "standard" and not r.error}
+    clean = {_clean_key(r.case): r.step_seconds for r in results
+             if split_method(r.case.method)[0] == "standard" and not r.error}
     for r in results:
         base = clean.get(_clean_key(r.case))
         r.relative_to_clean = r.step_seconds / base if base and not r.error else None

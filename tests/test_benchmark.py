@@ -90,6 +90,16 @@ def test_grid_puts_the_baseline_before_each_step_count_and_rounds_alternate(monk
                                                    ("standard", 1), (harness.BASELINE, 1), ("pgd_at", 1)]
 
 
+def test_methods_take_options():
+    assert harness.split_method("atent:atent_shared_forward=true:bn_mode=train:noise=0.01") == (
+        "atent", {"atent_shared_forward": True, "bn_mode": "train", "noise": 0.01})
+    harness.Case(method="atent:atent_shared_forward=true:bn_mode=train").resolved().validate()
+    with pytest.raises(harness.BenchmarkError, match="atent_shared_forward"):  # needs the attack in train mode
+        harness.Case(method="atent:atent_shared_forward=true").resolved().validate()
+    with pytest.raises(harness.BenchmarkError, match="key=value"):
+        harness.split_method("atent:noise")
+
+
 def test_bad_cases_are_refused():
     with pytest.raises(harness.BenchmarkError, match="model"):
         harness.Case(model="vgg").resolved()
