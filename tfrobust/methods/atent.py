@@ -170,7 +170,6 @@ class Atent(Method):
             loss_sum, grad_sum = loss_sum + loss, [s + g for s, g in zip(grad_sum, grads)]
         return self._last_iterate(ctx, x, y, differentiate, x_l, loss_sum, grad_sum)
 
-
     def gradients(self, ctx, x, y, differentiate):
         """ATENT's update, the weight gradient of sum_l w_l CE(z(x'_l), y), w_l = alpha (1 - alpha)^(L - l).
 
