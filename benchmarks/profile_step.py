@@ -26,6 +26,8 @@ flags.DEFINE_enum("model", "small_cnn", list(harness.PRESETS), "Model (synthetic
 flags.DEFINE_integer("attack_steps", 10, "PGD / Langevin steps.", lower_bound=1)
 flags.DEFINE_integer("steps", 3, "Calls per part per repeat.", lower_bound=1)
 flags.DEFINE_integer("repeats", 5, "Interleaved repeats; the median is printed.", lower_bound=1)
+flags.DEFINE_list("ops", [], "Instead of timing: for each part whose name contains one of these strings, run it "
+                  "under the TensorFlow profiler and print per op type the executions and milliseconds per call.")
 
 
 def parts(model_name: str, steps: int) -> dict:
@@ -35,6 +37,7 @@ def parts(model_name: str, steps: int) -> dict:
     from cleverhans.tf2.attacks.projected_gradient_descent import projected_gradient_descent  # noqa: PLC0415
 
     from tfrobust import methods, models  # noqa: PLC0415
+    from tfrobust.attacks import ball, gradients, objectives  # noqa: PLC0415
     from tfrobust.methods.base import StepContext  # noqa: PLC0415
     from tfrobust.robust_model import RobustModel  # noqa: PLC0415
 
@@ -77,8 +80,33 @@ def parts(model_name: str, steps: int) -> dict:
         pgd_off.optimizer.apply_gradients(zip(grads, variables))
         return grads[0]
 
+    def unrolled_pgd():
+        """tfrobust's PGD steps written as a Python loop (unrolled in the graph, as cleverhans does)."""
+        eps, step = ball.per_example(0.1, x), ball.per_example(0.025, x)
+        x_adv = tf.clip_by_value(ball.project(ball.random_start(x, eps, "linf", "uniform", ctx.seed), x, eps, "linf"),
+                                 0.0, 1.0)
+        for _ in range(steps):
+            grad, _, _ = gradients.input_gradient(lambda t: classifier(t, training=False), objectives.cross_entropy,
+                                                  x_adv, y)
+            x_adv = tf.clip_by_value(ball.project(x_adv + step * tf.sign(grad), x, eps, "linf"), 0.0, 1.0)
+        return x_adv
+
+    def attack_then_update(training):
+        def fn():
+            x_adv = pgd_off.method.attack_inputs(ctx, x, y)
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
+                    y, classifier(x_adv, training=training)))
+            grads = tape.gradient(loss, variables)
+            pgd_off.optimizer.apply_gradients(zip(grads, variables))
+            return loss
+        return fn
+
     return {
+        "X tfrobust PGD + plain update (train mode)": attack_then_update(True),
+        "X tfrobust PGD + plain update (eval mode)": attack_then_update(False),
         "baseline step (cleverhans PGD + tape SGD)": lambda: baseline((x, y))["loss"],
+        "tfrobust PGD steps unrolled (Python loop)": unrolled_pgd,
         "cleverhans PGD only (eval mode)": lambda: projected_gradient_descent(
             lambda t: classifier(t, training=False), x, 0.1, 0.025, steps, np.inf, clip_min=0.0, clip_max=1.0,
             y=y, rand_init=True, sanity_checks=False),
@@ -94,6 +122,55 @@ def parts(model_name: str, steps: int) -> dict:
     }
 
 
+def op_profile(fn, calls: int) -> dict[str, tuple[float, float]]:
+    """op type -> (executions per call, milliseconds per call) of the compiled `fn`, from the
+    TensorFlow profiler's trace of `calls` calls (the host plane's op events)."""
+    import glob  # noqa: PLC0415
+    import tempfile  # noqa: PLC0415
+
+    import tensorflow as tf  # noqa: PLC0415
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2  # noqa: PLC0415
+
+    logdir = tempfile.mkdtemp(prefix="tfrobust-profile-")
+    tf.profiler.experimental.start(logdir)
+    for _ in range(calls):
+        tf.nest.map_structure(lambda t: t.numpy(), fn())
+    tf.profiler.experimental.stop()
+    space = xplane_pb2.XSpace()
+    with open(glob.glob(f"{logdir}/**/*.xplane.pb", recursive=True)[0], "rb") as f:
+        space.ParseFromString(f.read())
+    totals: dict[str, list[float]] = {}
+    for plane in space.planes:
+        if plane.name != "/host:CPU":
+            continue
+        for line in plane.lines:
+            for event in line.events:
+                name = plane.event_metadata[event.metadata_id].name
+                if ":" not in name or name.startswith("__") or " " in name:
+                    continue  # not a TensorFlow op ("scope/name:Type")
+                kind = name.rsplit(":", 1)[1]
+                t = totals.setdefault(kind, [0, 0.0])
+                t[0] += 1
+                t[1] += event.duration_ps / 1e9
+    return {k: (n / calls, ms / calls) for k, (n, ms) in totals.items()}
+
+
+def print_op_profiles(compiled: dict, wanted: list[str]) -> None:
+    chosen = {name: fn for name, fn in compiled.items() if any(w in name for w in wanted)}
+    profiles = {name: op_profile(fn, FLAGS.steps) for name, fn in chosen.items()}
+    kinds = sorted({k for p in profiles.values() for k in p}, key=lambda k: -max(p.get(k, (0, 0))[1]
+                                                                                  for p in profiles.values()))
+    names = list(profiles)
+    print("op type: executions / ms per call, for " + "; ".join(f"({i + 1}) {n}" for i, n in enumerate(names)))
+    print("| op type | " + " | ".join(f"({i + 1})" for i in range(len(names))) + " |")
+    print("| --- |" + " --- |" * len(names))
+    for k in kinds[:25]:
+        cells = [f"{p[k][0]:.0f} / {p[k][1]:.1f}" if k in p else "-" for p in profiles.values()]
+        print(f"| {k} | " + " | ".join(cells) + " |")
+    print("| all ops | " + " | ".join(f"{sum(n for n, _ in p.values()):.0f} / {sum(ms for _, ms in p.values()):.1f}"
+                                      for p in profiles.values()) + " |")
+
+
 def main(argv):
     import tensorflow as tf  # noqa: PLC0415
 
@@ -101,6 +178,9 @@ def main(argv):
     for fn in compiled.values():  # trace, and one untimed call
         tf.nest.map_structure(lambda t: t.numpy(), fn())
         tf.nest.map_structure(lambda t: t.numpy(), fn())
+    if FLAGS.ops:
+        print_op_profiles(compiled, FLAGS.ops)
+        return
     times = {name: [] for name in compiled}
     loads = []
     for _ in range(FLAGS.repeats):

@@ -280,8 +280,8 @@ def test_shared_forward_gives_the_same_update_without_dropout(projection, tolera
         loss, grads, x_last = step()
         got[shared] = (loss.numpy(), [g.numpy() for g in grads], x_last.numpy())
     np.testing.assert_allclose(got[True][2], got[False][2], atol=1e-6)
-    for a, b in zip(got[True][1], got[False][1]):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    for a, b in zip(got[True][1], got[False][1]):  # (the conv bias before batch norm has a zero gradient:
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)  # rounding noise of 1e-6 there)
     np.testing.assert_allclose(got[True][0], got[False][0], rtol=1e-5)
 
 
@@ -303,3 +303,22 @@ def test_shared_forward_runs_one_pass_per_iterate(tolerance, kept):
 def test_shared_forward_needs_the_attack_in_train_mode():
     with pytest.raises(ValueError, match="atent_shared_forward"):
         build("atent", AttackConfig(steps=3, bn_mode="eval"), dict(atent_shared_forward=True))
+
+
+# -- the unrolled training attack -----------------------------------------------------------------
+
+@pytest.mark.parametrize("norm,start", [("linf", "uniform"), ("l2", "normal")])
+def test_unrolled_pgd_is_the_while_loop_pgd(norm, start):
+    from tfrobust.attacks import pgd
+
+    model = tiny_model(2)
+    x, y = batch(9)
+    kwargs = dict(eps=0.1 if norm == "linf" else 0.5, step_size=0.03, steps=4, norm=norm, start=start,
+                  seed=tf.constant([4, 5], tf.int64))
+    logits = lambda t: model(t, training=False)  # noqa: E731
+    looped = tf.function(lambda: pgd.pgd(logits, x, y, **kwargs))()
+    unrolled = tf.function(lambda: pgd.pgd(logits, x, y, unroll=True, **kwargs))()
+    np.testing.assert_allclose(unrolled.numpy(), looped.numpy(), atol=1e-6)
+    assert np.abs(unrolled.numpy() - x.numpy()).max() > 0.01
+    graph = tf.function(lambda: pgd.pgd(logits, x, y, unroll=True, **kwargs)).get_concrete_function().graph
+    assert not any(op.type in ("While", "StatelessWhile") for op in graph.get_operations())

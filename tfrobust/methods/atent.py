@@ -207,11 +207,11 @@ class Atent(Method):
             return [tf.zeros_like(v) if g is None else tf.convert_to_tensor(g)
                     for g, v in zip(grads, variables)]
 
-        # Iterates 1..first_kept-1: the sampler only (their weights are within the tolerance).
-        _, x_prev = tf.while_loop(
-            lambda index, _: index < first_kept,
-            lambda index, x_prev: (index + 1, self.next_iterate(ctx, x, y, x_prev, index, last=False)),
-            (tf.constant(1), self.first_iterate(ctx, x)), parallel_iterations=1)
+        # Iterates 1..first_kept-1: the sampler only (their weights are within the tolerance),
+        # unrolled as PGD's training attack is (see `pgd.pgd`'s `unroll`: oneDNN's max-pool gradient).
+        x_prev = self.first_iterate(ctx, x)
+        for index in range(1, first_kept):
+            x_prev = self.next_iterate(ctx, x, y, x_prev, index, last=False)
 
         if self.atent_shared_forward:
             return self._shared_forward_gradients(ctx, x, y, differentiate, x_prev, first_kept)

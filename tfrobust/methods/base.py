@@ -122,8 +122,10 @@ class Method(abc.ABC):
         return out, grads, x_adv
 
     def pgd(self, ctx: StepContext, x: tf.Tensor, y: tf.Tensor, **overrides) -> tf.Tensor:
-        """PGD within this method's threat model, attacking in the configured model mode."""
+        """PGD within this method's threat model, attacking in the configured model mode; unrolled
+        (see `pgd.pgd`: on a CPU with oneDNN the while loop sometimes ran a slow max-pool gradient)."""
         a = self.attack
-        kwargs = dict(eps=ctx.eps(a), step_size=ctx.step_size(a), steps=a.steps, norm=a.norm, seed=ctx.seed)
+        kwargs = dict(eps=ctx.eps(a), step_size=ctx.step_size(a), steps=a.steps, norm=a.norm, seed=ctx.seed,
+                      unroll=True)
         kwargs.update(overrides)
         return pgd.pgd(ctx.attack_logits_fn(a), x, y, **kwargs)
