@@ -47,7 +47,8 @@ def test_registry_and_hyperparameters():
     assert methods.hyperparameters("trades") == ("beta",)
     assert methods.hyperparameters("mart") == ("beta",)
     assert methods.hyperparameters("mimae") == ("lambda_mi", "lambda_mae", "mi_symmetric", "natural_weight")
-    assert methods.hyperparameters("atent") == ("noise", "gamma", "alpha", "projection", "start", "atent_tolerance")
+    assert methods.hyperparameters("atent") == ("noise", "gamma", "alpha", "projection", "start", "atent_tolerance",
+                                                "atent_shared_forward")
     method = build("trades", ATTACK, {"beta": 2.0})
     assert method.beta == 2.0 and method.attack == ATTACK
     with pytest.raises(ConfigError, match=r"no hyperparameter\(s\) \['betaa'\]"):  # a misspelled option

@@ -260,6 +260,15 @@ def bn_model(seed: int = 0) -> keras.Model:
     return keras.Model(inputs, keras.layers.Dense(CLASSES)(keras.layers.Flatten()(h)))
 
 
+def one_update(method, model, rm, seed, x, y):
+    """(per-example loss, weight gradients, last iterate) of one compiled ATENT update."""
+    @tf.function
+    def step():
+        out, grads, x_last = method.gradients(StepContext(model, seed), x, y, rm._differentiate)
+        return out.per_example, grads, x_last
+    return step()
+
+
 @pytest.mark.parametrize("projection,tolerance,norm", [("every", 0.0, "linf"), ("last", 0.0, "linf"),
                                                       ("every", 1e-3, "linf"), ("every", 0.0, "l2"),
                                                       ("last", 0.5, "linf")])
@@ -275,9 +284,7 @@ def test_shared_forward_gives_the_same_update_without_dropout(projection, tolera
                                              atent_tolerance=tolerance, atent_shared_forward=shared))
         model = bn_model(0)
         rm = robust(method, model)
-        step = tf.function(lambda: (lambda o, g, xl: (o.per_example, g, xl))(  # noqa: E731
-            *method.gradients(StepContext(model, seed), x, y, rm._differentiate)))
-        loss, grads, x_last = step()
+        loss, grads, x_last = one_update(method, model, rm, seed, x, y)
         got[shared] = (loss.numpy(), [g.numpy() for g in grads], x_last.numpy())
     np.testing.assert_allclose(got[True][2], got[False][2], atol=1e-6)
     for a, b in zip(got[True][1], got[False][1]):  # (the conv bias before batch norm has a zero gradient:
