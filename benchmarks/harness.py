@@ -63,10 +63,34 @@ PRESETS: dict[str, tuple[tuple[int, int, int], int]] = {
 
 
 OUTPUT_FILES = ("benchmark.json", "benchmark.md")  # what `write` writes
+# The plain TensorFlow loop a user would write, measured beside the methods (see `baseline_step`).
+BASELINE = "tf_baseline"
 
 
 class BenchmarkError(TfrobustError):
     """A case that cannot be measured; the message is one line."""
+
+
+def split_method(spec: str) -> tuple[str, dict[str, Any]]:
+    """`name` or `name:key=value:...` -> (method name, options): a method's hyperparameters, or
+    `bn_mode` for the attack's model mode; values true/false, numbers or strings."""
+    name, *pairs = spec.split(":")
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise BenchmarkError(f"method options are key=value, got {pair!r} in {spec!r}")
+        if value.lower() in ("true", "false"):
+            options[key] = value.lower() == "true"
+        else:
+            try:
+                options[key] = int(value)
+            except ValueError:
+                try:
+                    options[key] = float(value)
+                except ValueError:
+                    options[key] = value
+    return name, options
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,6 +111,7 @@ class Case:
     mixed_precision: str = "none"
     inter_op_threads: int = 0  # 0: TensorFlow's default; 1: one op at a time (see the module doc)
     seed: int = 0
+    round: int = 0  # which pass over the cases (`run` interleaves repeated passes)
 
     def resolved(self) -> "Case":
         if self.model not in PRESETS:
@@ -98,8 +123,18 @@ class Case:
     def validate(self) -> None:
         from tfrobust import methods  # noqa: PLC0415 (keeps `import harness` light)
 
-        if self.method not in methods.REGISTRY:
-            raise BenchmarkError(f"method must be one of {sorted(methods.REGISTRY)}, got {self.method!r}")
+        name, options = split_method(self.method)
+        if name in methods.REGISTRY:
+            try:
+                methods.build(name, methods.AttackConfig(steps=max(1, self.attack_steps),
+                                                         bn_mode=options.pop("bn_mode", "eval")), options)
+            except Exception as e:  # noqa: BLE001 (any refusal of the options, as one line)
+                raise BenchmarkError(f"method {self.method!r}: {e}") from None
+        if name not in methods.REGISTRY and self.method != BASELINE:
+            raise BenchmarkError(f"method must be one of {sorted(methods.REGISTRY)} or {BASELINE}, "
+                                 f"got {self.method!r}")
+        if self.method == BASELINE and (self.mode != "tensors" or self.attack_steps < 1):
+            raise BenchmarkError(f"{BASELINE} runs in mode tensors with attack_steps >= 1")
         if self.mode not in MODES:
             raise BenchmarkError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.mixed_precision not in ("none", "mixed_float16", "mixed_bfloat16"):
@@ -109,7 +144,7 @@ class Case:
                 or self.inter_op_threads < 0):
             raise BenchmarkError("steps and repeats must be >= 1; warmup, batch_size, attack_steps and "
                                  "inter_op_threads >= 0")
-        if self.method == "atent" and self.attack_steps < 1:
+        if name == "atent" and self.attack_steps < 1:
             raise BenchmarkError("atent needs attack_steps >= 1")
 
 
@@ -127,6 +162,9 @@ class Result:
     peak_tensor_mb: float = float("nan")  # allocator peak during the timed steps (see module doc)
     step_tensor_mb: float = float("nan")  # that peak minus the bytes allocated before them
     relative_to_clean: float | None = None  # step time over the standard step's, same settings
+    # images/s over the plain TensorFlow loop's (`BASELINE`) with the same settings, same round
+    vs_baseline: float | None = None
+    load_average: float | None = None  # the host's 1-minute load average at the end of the measurement
     error: str | None = None  # why the case has no figures (e.g. it timed out)
 
     @classmethod
@@ -204,33 +242,71 @@ def measure(case: Case) -> Result:
     keras.mixed_precision.set_global_policy("float32" if case.mixed_precision == "none" else case.mixed_precision)
     classifier = models.build_model(case.model, case.input_shape, case.num_classes, seed=case.seed)
     attack = methods.AttackConfig(eps=0.1, step_size=0.025, steps=case.attack_steps)
-    model = RobustModel(classifier, methods.build(case.method, attack), seed=case.seed)
-    model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9), jit_compile=case.jit_compile)
+    optimizer = keras.optimizers.SGD(0.01, momentum=0.9)
     rng = np.random.default_rng(case.seed)
     x = tf.constant(rng.random((case.batch_size, *case.input_shape), np.float32))
     y = tf.constant(rng.integers(0, case.num_classes, case.batch_size).astype(np.int32))
 
     rss_before = _rss_mb()
     memory = _TensorMemory()
-    if case.mode == "tensors":
-        first, per_step = _time_tensors(model, x, y, case, memory)
+    if case.method == BASELINE:
+        step, traces = baseline_step(classifier, optimizer, attack, case.jit_compile)
+        first, per_step = _time_tensors(step, x, y, case, memory)
     else:
-        first, per_step = _time_fit(model, x, y, case, memory)
+        name, options = split_method(case.method)
+        attack = dataclasses.replace(attack, bn_mode=options.pop("bn_mode", attack.bn_mode))
+        model = RobustModel(classifier, methods.build(name, attack, options), seed=case.seed)
+        model.compile(optimizer=optimizer, jit_compile=case.jit_compile)
+        traces = lambda: model.train_step_traces  # noqa: E731
+        if case.mode == "tensors":
+            first, per_step = _time_tensors(tf.function(model.train_step, jit_compile=case.jit_compile), x, y,
+                                            case, memory)
+        else:
+            first, per_step = _time_fit(model, x, y, case, memory)
     # ru_maxrss is the kernel's high-water mark, which it refreshes lazily: it has read a few
     # hundred KB below a resident set sampled earlier in the same process, so the peak is the
     # largest of it and the two samples.
     peak = max(_peak_rss_mb(), _rss_mb(), rss_before)
     step = statistics.median(per_step)
     return Result(case=case, step_seconds=step, images_per_second=case.batch_size / step,
-                  repeat_seconds=per_step, first_call_seconds=first, traces=model.train_step_traces,
+                  repeat_seconds=per_step, first_call_seconds=first, traces=traces(),
                   rss_before_mb=rss_before, peak_rss_mb=peak, peak_rss_delta_mb=max(0.0, peak - rss_before),
-                  peak_tensor_mb=memory.peak, step_tensor_mb=memory.peak - memory.before)
+                  peak_tensor_mb=memory.peak, step_tensor_mb=memory.peak - memory.before,
+                  load_average=os.getloadavg()[0] if hasattr(os, "getloadavg") else None)
 
 
-def _time_tensors(model, x, y, case: Case, memory: _TensorMemory) -> tuple[float, list[float]]:
+def baseline_step(classifier, optimizer, attack, jit_compile: bool) -> tuple[Callable, Callable[[], int]]:
+    """The PGD-AT step a user writes by hand, and a count of its traces: cleverhans' PGD (l-inf,
+    uniform random start, `y` given, the model in inference mode) and a `GradientTape` SGD update
+    on the mean cross-entropy, the whole step in one `tf.function`. Only tfrobust's PGD-AT does the
+    same work; TRADES and MIMAE do more (a clean forward and backward pass and their extra terms).
+    """
+    import numpy as np  # noqa: PLC0415
     import tensorflow as tf  # noqa: PLC0415
+    from cleverhans.tf2.attacks.projected_gradient_descent import projected_gradient_descent  # noqa: PLC0415
 
-    step = tf.function(model.train_step, jit_compile=case.jit_compile)
+    traces = []
+    variables = classifier.trainable_variables
+    optimizer.build(variables)  # slots before the first call, so the step traces once
+
+    @tf.function(jit_compile=jit_compile)
+    def step(data):
+        traces.append(1)
+        x, y = data
+        x_adv = projected_gradient_descent(
+            lambda t: classifier(t, training=False), x, float(attack.eps), float(attack.step_size), attack.steps,
+            np.inf, clip_min=0.0, clip_max=1.0, y=y, rand_init=True, sanity_checks=False)
+        with tf.GradientTape() as tape:
+            logits = tf.cast(classifier(x_adv, training=True), tf.float32)
+            loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits))
+        optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+        return {"loss": loss}
+
+    return step, lambda: len(traces)
+
+
+def _time_tensors(step, x, y, case: Case, memory: _TensorMemory) -> tuple[float, list[float]]:
+    """Times `step((x, y))`, a compiled train step returning logs with a "loss"."""
     start = time.perf_counter()
     float(step((x, y))["loss"])
     first = time.perf_counter() - start
@@ -304,13 +380,60 @@ def run_isolated(case: Case, timeout: float = 3600) -> Result:
 
 def _clean_key(case: Case) -> tuple:
     return (case.model, case.batch_size, tuple(case.input_shape or ()), case.jit_compile, case.mode,
-            case.mixed_precision, case.inter_op_threads)
+            case.mixed_precision, case.inter_op_threads, case.round)
+
+
+def _baseline_key(case: Case) -> tuple:
+    return (case.model, case.batch_size, tuple(case.input_shape or ()), case.attack_steps, case.jit_compile,
+            case.mixed_precision, case.inter_op_threads, case.round)
+
+
+def add_baseline_ratios(results: Sequence[Result]) -> list[Result]:
+    """Each result's images/s over the `BASELINE` loop's with the same model, batch, attack steps,
+    XLA setting, precision and threads in the same round (None where that was not measured)."""
+    base = {_baseline_key(r.case): r.images_per_second for r in results if r.case.method == BASELINE and not r.error}
+    for r in results:
+        b = base.get(_baseline_key(r.case))
+        r.vs_baseline = r.images_per_second / b if b and not r.error else None
+    return list(results)
+
+
+def _load_range(results: Sequence[Result]) -> str:
+    loads = [r.load_average for r in results if r.load_average is not None]
+    return f"{min(loads):.1f}-{max(loads):.1f}" if loads else "-"
+
+
+def baseline_table(results: Sequence[Result]) -> str:
+    """A Markdown table of tfrobust's speed over the plain TensorFlow loop's: per model, method,
+    attack steps and XLA setting, the median images/s of both over the rounds, and the median,
+    min and max of the per-round ratios (each from the same round, so the spread is this machine's
+    noise)."""
+    groups: dict[tuple, list[Result]] = {}
+    for r in results:
+        c = r.case
+        groups.setdefault((c.model, c.batch_size, c.mode, c.method, c.attack_steps, c.jit_compile), []).append(r)
+    base = {(k[0], k[1], k[4], k[5]): v for k, v in groups.items() if k[3] == BASELINE}
+    lines = ["| model (batch) | method | attack steps | XLA | images/s | baseline images/s | x baseline (median) "
+             "| min-max over rounds | rounds | load average |", "|" + " --- |" * 10]
+    for (model, batch, _, method, steps, jit), rs in groups.items():
+        if method == BASELINE:
+            continue
+        ratios = [r.vs_baseline for r in rs if r.vs_baseline is not None]
+        b = [r.images_per_second for r in base.get((model, batch, steps, jit), []) if not r.error]
+        if not ratios or not b:
+            continue
+        ips = statistics.median(r.images_per_second for r in rs if not r.error)
+        lines.append(f"| {model} ({batch}) | {method} | {steps} | {'on' if jit else 'off'} | {ips:.0f} | "
+                     f"{statistics.median(b):.0f} | {statistics.median(ratios):.2f} | "
+                     f"{min(ratios):.2f}-{max(ratios):.2f} | {len(ratios)} | {_load_range(rs)} |")
+    return "\n".join(lines) if len(lines) > 2 else ""
 
 
 def add_relative_times(results: Sequence[Result]) -> list[Result]:
     """Each result's step time over the `standard` step's with the same model, batch, XLA setting,
     mode, precision and threads (None when that clean case was not measured)."""
-    clean = {_clean_key(r.case): r.step_seconds for r in results if r.case.method == "standard" and not r.error}
+    clean = {_clean_key(r.case): r.step_seconds for r in results
+             if split_method(r.case.method)[0] == "standard" and not r.error}
     for r in results:
         base = clean.get(_clean_key(r.case))
         r.relative_to_clean = r.step_seconds / base if base and not r.error else None
@@ -318,32 +441,43 @@ def add_relative_times(results: Sequence[Result]) -> list[Result]:
 
 
 def run(cases: Iterable[Case], isolate: bool = True, timeout: float = 3600,
-        progress: Callable[[Result], None] | None = None) -> list[Result]:
+        progress: Callable[[Result], None] | None = None, rounds: int = 1) -> list[Result]:
     """Measure every case (each in a fresh process, stopped after `timeout` seconds, unless
-    `isolate` is False)."""
-    results = []
+    `isolate` is False), `rounds` times over: the whole list once per round, so that the cases
+    alternate (ABAB) and a ratio of two of them can be taken within each round."""
+    cases = [c.resolved() for c in cases]
     for case in cases:
-        case = case.resolved()
         case.validate()
+    results = []
+    for case in [dataclasses.replace(c, round=i) for i in range(rounds) for c in cases]:
         try:
             result = run_isolated(case, timeout) if isolate else measure(case)
         except BenchmarkError as e:  # one broken case does not lose the others
             result = Result.failed(case, str(e))
         results.append(result)
+        add_baseline_ratios(results)
         if progress:
             progress(result)
-    return add_relative_times(results)
+    return add_baseline_ratios(add_relative_times(results))
 
 
 def grid(models: Sequence[str], methods: Sequence[str], attack_steps: Sequence[int], jit: Sequence[bool],
-         modes: Sequence[str], **common) -> list[Case]:
-    """Every combination; `standard` (which has no attack) once per model, XLA setting and mode."""
+         modes: Sequence[str], baseline: bool = False, **common) -> list[Case]:
+    """Every combination; `standard` (which has no attack) once per model, XLA setting and mode.
+    `baseline`: also the plain TensorFlow loop (`BASELINE`) once per model, XLA setting and attack
+    step count, in mode tensors, just before the methods with that step count."""
     cases = []
     for model in models:
         for mode in modes:
             for j in jit:
-                for method in methods:
-                    for steps in ([0] if method == "standard" else attack_steps):
+                if "standard" in methods:
+                    cases.append(Case(model=model, method="standard", attack_steps=0, jit_compile=j, mode=mode,
+                                      **common).resolved())
+                for steps in attack_steps:
+                    attacked = [m for m in methods if m != "standard"]
+                    if baseline and mode == "tensors" and attacked:
+                        attacked = [BASELINE, *attacked]
+                    for method in attacked:
                         cases.append(Case(model=model, method=method, attack_steps=steps, jit_compile=j,
                                           mode=mode, **common).resolved())
     return cases
@@ -352,27 +486,30 @@ def grid(models: Sequence[str], methods: Sequence[str], attack_steps: Sequence[i
 def markdown(results: Sequence[Result]) -> str:
     """A Markdown table, one row per result."""
     head = ("| model | input | batch | method | attack steps | XLA | mode | images/s | step ms | x clean step "
-            "| traces | first call s | step tensor MB | peak tensor MB | peak RSS delta MB |")
+            "| traces | first call s | step tensor MB | peak tensor MB | peak RSS delta MB | round | x baseline |")
     rows = [head, "|" + " --- |" * (head.count("|") - 1)]
     for r in results:
         c = r.case
         if r.error:
             shape = "x".join(str(d) for d in (c.input_shape or ()))
             rows.append(f"| {c.model} | {shape} | {c.batch_size} | {c.method} | {c.attack_steps} | "
-                        f"{'on' if c.jit_compile else 'off'} | {c.mode} | {r.error} | - | - | - | - | - | - | - |")
+                        f"{'on' if c.jit_compile else 'off'} | {c.mode} | {r.error} | - | - | - | - | - | - | - | "
+                        f"{c.round} | - |")
             continue
         rel = f"{r.relative_to_clean:.2f}" if r.relative_to_clean is not None else "-"
         shape = "x".join(str(d) for d in (c.input_shape or ()))
         rows.append(f"| {c.model} | {shape} | {c.batch_size} | {c.method} | {c.attack_steps} | "
                     f"{'on' if c.jit_compile else 'off'} | {c.mode} | {r.images_per_second:.0f} | "
                     f"{1000 * r.step_seconds:.1f} | {rel} | {r.traces} | {r.first_call_seconds:.1f} | "
-                    f"{r.step_tensor_mb:.1f} | {r.peak_tensor_mb:.1f} | {r.peak_rss_delta_mb:.0f} |")
+                    f"{r.step_tensor_mb:.1f} | {r.peak_tensor_mb:.1f} | {r.peak_rss_delta_mb:.0f} | {c.round} | "
+                    f"{'-' if r.vs_baseline is None else f'{r.vs_baseline:.2f}'} |")
     return "\n".join(rows)
 
 
 def summary(results: Sequence[Result]) -> str:
     """A compact Markdown table: one row per model, mode, method and attack-step count; images/s
-    and the time over the clean step with XLA off and on side by side."""
+    and the time over the clean step with XLA off and on side by side (the first round's; see
+    `baseline_table` for all rounds)."""
     def cell(r: Result | None) -> tuple[str, str, str]:
         if r is None:
             return "-", "-", "-"
@@ -384,7 +521,8 @@ def summary(results: Sequence[Result]) -> str:
     rows = {}
     for r in results:
         c = r.case
-        rows.setdefault((c.model, c.batch_size, c.mode, c.method, c.attack_steps), {})[c.jit_compile] = r
+        if c.round == 0:
+            rows.setdefault((c.model, c.batch_size, c.mode, c.method, c.attack_steps), {})[c.jit_compile] = r
     lines = ["| model (batch) | mode | method | attack steps | images/s, XLA off | x clean step | images/s, XLA on "
              "| x clean step | traces (off/on) |", "|" + " --- |" * 9]
     for (model, batch, mode, method, steps), by_jit in rows.items():
@@ -399,7 +537,8 @@ def write(results: Sequence[Result], output_dir: str, extra: dict[str, Any] | No
     os.makedirs(output_dir, exist_ok=True)
     json_path, md_path = os.path.join(output_dir, "benchmark.json"), os.path.join(output_dir, "benchmark.md")
     payload = {"results": [r.to_json() for r in results], **(extra or {})}
-    text_md = summary(results) + "\n\n" + markdown(results) + "\n"
+    parts = [summary(results), baseline_table(results), markdown(results)]
+    text_md = "\n\n".join(p for p in parts if p) + "\n"
     for path, text in ((json_path, json.dumps(payload, indent=2)), (md_path, text_md)):
         tmp = path + ".tmp"
         with open(tmp, "w") as f:

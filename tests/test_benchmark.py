@@ -56,6 +56,50 @@ def test_relative_times_and_table():
     assert harness.Result.from_json(json.loads(json.dumps(results[1].to_json()))) == results[1]
 
 
+def _result(method, ips, steps=10, round_=0, jit=False):
+    case = harness.Case(model="small_cnn", method=method, attack_steps=steps, jit_compile=jit, round=round_).resolved()
+    return harness.Result(case=case, step_seconds=128 / ips, images_per_second=ips, repeat_seconds=[128 / ips],
+                          first_call_seconds=1.0, traces=1, rss_before_mb=1.0, peak_rss_mb=2.0, peak_rss_delta_mb=1.0,
+                          load_average=2.0 + round_)
+
+
+def test_baseline_ratios_are_taken_within_a_round_and_their_spread_shown():
+    results = harness.add_baseline_ratios([
+        _result(harness.BASELINE, 100.0, round_=0), _result("pgd_at", 120.0, round_=0), _result("trades", 90.0),
+        _result(harness.BASELINE, 50.0, round_=1), _result("pgd_at", 80.0, round_=1), _result("pgd_at", 70.0, 40)])
+    assert [r.vs_baseline for r in results] == pytest.approx([1.0, 1.2, 0.9, 1.0, 1.6, None], nan_ok=True)
+    table = harness.baseline_table(results).splitlines()
+    assert len(table) == 2 + 2  # pgd_at and trades at 10 steps; nothing to compare pgd_at at 40 with
+    # medians over the rounds: pgd_at 100 images/s, baseline 75, ratio median of (1.2, 1.6)
+    assert table[2] == "| small_cnn (128) | pgd_at | 10 | off | 100 | 75 | 1.40 | 1.20-1.60 | 2 | 2.0-3.0 |"
+    assert table[3].startswith("| small_cnn (128) | trades | 10 | off | 90 | 75 | 0.90 | 0.90-0.90 | 1 |")
+
+
+def test_grid_puts_the_baseline_before_each_step_count_and_rounds_alternate(monkeypatch):
+    cases = harness.grid(["tiny_cnn"], ["standard", "pgd_at", "atent"], [2, 4], [False], ["tensors", "fit"],
+                         baseline=True)
+    names = [(c.mode, c.method, c.attack_steps) for c in cases]
+    assert names[:6] == [("tensors", "standard", 0), ("tensors", harness.BASELINE, 2), ("tensors", "pgd_at", 2),
+                         ("tensors", "atent", 2), ("tensors", harness.BASELINE, 4), ("tensors", "pgd_at", 4)]
+    assert not any(c.method == harness.BASELINE for c in cases if c.mode == "fit")
+    seen = []
+    monkeypatch.setattr(harness, "run_isolated", lambda case, timeout: seen.append(case) or _result(
+        case.method, 100.0, case.attack_steps, case.round))
+    harness.run(cases[:3], rounds=2)
+    assert [(c.method, c.round) for c in seen] == [("standard", 0), (harness.BASELINE, 0), ("pgd_at", 0),
+                                                   ("standard", 1), (harness.BASELINE, 1), ("pgd_at", 1)]
+
+
+def test_methods_take_options():
+    assert harness.split_method("atent:atent_shared_forward=true:bn_mode=train:noise=0.01") == (
+        "atent", {"atent_shared_forward": True, "bn_mode": "train", "noise": 0.01})
+    harness.Case(method="atent:atent_shared_forward=true:bn_mode=train").resolved().validate()
+    with pytest.raises(harness.BenchmarkError, match="atent_shared_forward"):  # needs the attack in train mode
+        harness.Case(method="atent:atent_shared_forward=true").resolved().validate()
+    with pytest.raises(harness.BenchmarkError, match="key=value"):
+        harness.split_method("atent:noise")
+
+
 def test_bad_cases_are_refused():
     with pytest.raises(harness.BenchmarkError, match="model"):
         harness.Case(model="vgg").resolved()
@@ -102,7 +146,14 @@ def test_runner_measures_each_case_in_its_own_process_and_writes_the_table(tmp_p
     assert proc.returncode == 0, proc.stderr[-3000:]
     payload = json.load(open(tmp_path / "benchmark.json"))
     rows = {r["case"]["method"]: r for r in payload["results"]}
-    assert sorted(rows) == ["pgd_at", "standard"] and len(payload["results"]) == 2
+    assert sorted(rows) == ["pgd_at", "standard", harness.BASELINE] and len(payload["results"]) == 3
+    # the plain TensorFlow loop beside it, and tfrobust's images/s over it: arithmetic, not a timing claim
+    base = rows.pop(harness.BASELINE)
+    assert base["traces"] == 1 and base["images_per_second"] > 0 and base["case"]["attack_steps"] == 2
+    assert rows["pgd_at"]["vs_baseline"] == pytest.approx(rows["pgd_at"]["images_per_second"]
+                                                          / base["images_per_second"])
+    assert rows["standard"]["vs_baseline"] is None  # no attack: nothing to compare with
+    assert "| tiny_cnn (16) | pgd_at | 2 | off |" in proc.stdout and "x baseline" in proc.stdout
     assert all(r["traces"] == 1 and r["images_per_second"] > 0 for r in rows.values())
     # The child processes run the BFC allocator, so the step's tensor memory is counted.
     assert all(r["peak_tensor_mb"] >= r["step_tensor_mb"] > 0 for r in rows.values())
@@ -110,9 +161,10 @@ def test_runner_measures_each_case_in_its_own_process_and_writes_the_table(tmp_p
     assert rows["standard"]["relative_to_clean"] == 1.0
     assert rows["pgd_at"]["relative_to_clean"] == pytest.approx(
         rows["pgd_at"]["step_seconds"] / rows["standard"]["step_seconds"])
-    summary, table = (tmp_path / "benchmark.md").read_text().strip().split("\n\n")
-    assert summary in proc.stdout and table in proc.stdout
-    assert table.count("\n") == 3 and summary.count("\n") == 3 and "| tiny_cnn (16) | tensors | pgd_at | 2 |" in summary
+    summary, ratios, table = (tmp_path / "benchmark.md").read_text().strip().split("\n\n")
+    assert summary in proc.stdout and ratios in proc.stdout and table in proc.stdout
+    assert table.count("\n") == 4 and summary.count("\n") == 4 and "| tiny_cnn (16) | tensors | pgd_at | 2 |" in summary
+    assert ratios.count("\n") == 2 and f"{rows['pgd_at']['vs_baseline']:.2f}" in ratios.splitlines()[2]
 
 
 def test_runner_bad_flag_is_one_line_and_exit_2(tmp_path):

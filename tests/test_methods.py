@@ -49,7 +49,8 @@ def test_registry_and_hyperparameters():
     assert methods.hyperparameters("pgd_at") == ("clip_start",)
     assert methods.hyperparameters("mimae") == ("lambda_mi", "lambda_mae", "mi_symmetric", "natural_weight",
                                                 "clip_start")
-    assert methods.hyperparameters("atent") == ("noise", "gamma", "alpha", "projection", "start", "clip_start")
+    assert methods.hyperparameters("atent") == ("noise", "gamma", "alpha", "projection", "start", "clip_start",
+                                                "atent_tolerance", "atent_shared_forward")
     # each method's default is its reference's: TRADES, MART and ATENT do not clip the random start
     assert [build(n, ATTACK).clip_start for n in ("pgd_at", "trades", "mart", "mimae", "atent")] == [
         True, False, False, True, False]

@@ -177,7 +177,7 @@ def _train(config: TrainConfig, method: methods.Method, extra_callbacks: Sequenc
         robust = RobustModel(classifier, method, weight_decay=config.weight_decay, seed=config.seed,
                              eval_attack=default_eval_attack(method.attack, config.eval_steps),
                              eps_warmup_steps=round(config.eps_warmup_epochs * steps_per_epoch),
-                             weight_average=weight_average)
+                             weight_average=weight_average, monitor_clean=config.monitor_clean)
         jit = "auto" if config.jit_compile is None else config.jit_compile
         robust.compile(optimizer=build_optimizer(config, steps_per_epoch), jit_compile=jit)
         checkpoint = tf.train.Checkpoint(model=classifier, optimizer=robust.optimizer)

@@ -42,6 +42,7 @@ def pgd(
     keep_best: bool = False,
     clip_min: float = 0.0,
     clip_max: float = 1.0,
+    unroll: bool = False,
 ) -> tf.Tensor:
     """Adversarial examples by `steps` projected steepest-ascent steps on `objective`.
 
@@ -49,6 +50,15 @@ def pgd(
     forward pass; evaluation wants this), otherwise the last iterate (the training recipes).
     With `clip_start=False` the first gradient is taken at the start point even where it leaves
     [clip_min, clip_max] (the TRADES and MART references); every step's result is clipped.
+
+    `unroll` (with `steps` a Python int, without `keep_best`): the steps as a Python loop, one copy
+    of the step per iteration in the traced graph, instead of a `tf.while_loop`. Same result; on a
+    CPU with oneDNN it avoids a slow kernel: oneDNN's graph rewrite replaces a max-pool gradient by
+    its own kernel only when it sees the forward max-pool's rewritten node, and inside while-loop
+    bodies that failed in some processes and not others (measured, SmallCNN batch 128: the attack's
+    20 MaxPoolGrad ran the generic kernel at 10-20 ms each instead of oneDNN's 1-2 ms, 15-30% of a
+    PGD-10 step), while the unrolled graph got oneDNN's kernel in every run. The cost: a graph and
+    a trace that grow with `steps`.
     """
     ball.check_norm(norm)
     x = ball.as_images(x)
@@ -64,9 +74,13 @@ def pgd(
         return tf.clip_by_value(ball.project(moved, x, eps, norm), clip_min, clip_max), loss
 
     if not keep_best:
-        _, x_adv = tf.while_loop(
-            lambda i, _: i < steps, lambda i, xa: (i + 1, step(xa)[0]), (tf.constant(0), x_adv)
-        )
+        if unroll and isinstance(steps, int):
+            for _ in range(steps):
+                x_adv = step(x_adv)[0]
+        else:
+            _, x_adv = tf.while_loop(
+                lambda i, _: i < steps, lambda i, xa: (i + 1, step(xa)[0]), (tf.constant(0), x_adv)
+            )
         # A no-op after a step; with steps=0 and clip_start=False it clips the start (as the
         # TRADES reference does before its loss).
         return tf.stop_gradient(tf.clip_by_value(x_adv, clip_min, clip_max))

@@ -15,6 +15,7 @@ from tfrobust.data.pipelines import (
     AUGMENT_PADDING,
     RNG_ALG,
     DatasetInfo,
+    array_batches,
     datasets,
     eval_dataset,
     steps_per_epoch,
@@ -23,4 +24,4 @@ from tfrobust.data.pipelines import (
 from tfrobust.data.sources import NPZ_KEYS, NPZ_PREFIX, TFDS_NAMES, DataError, Splits, is_cifar_like, load
 
 __all__ = ["AUGMENT_PADDING", "NPZ_KEYS", "NPZ_PREFIX", "RNG_ALG", "TFDS_NAMES", "DataError", "DatasetInfo", "Splits",
-           "datasets", "eval_dataset", "is_cifar_like", "load", "steps_per_epoch", "train_stream"]
+           "array_batches", "datasets", "eval_dataset", "is_cifar_like", "load", "steps_per_epoch", "train_stream"]

@@ -190,6 +190,38 @@ def eval_dataset(x: np.ndarray, y: np.ndarray, *, batch_size: int, limit: int | 
     )
 
 
+def array_batches(
+    arrays: tuple,
+    *,
+    batch_size: int,
+    shuffle: bool,
+    seed: int,
+    autotune: bool = False,
+) -> tf.data.Dataset:
+    """What Keras `fit` makes of in-memory arrays, with `tf.data` autotuning off.
+
+    Batches of `arrays` (x, y and optionally sample weights, sliced along axis 0) in Keras's
+    semantics: the last batch may be partial, and with `shuffle` the order is reshuffled every
+    epoch (seeded by `seed`). Keras's own array pipeline runs with autotuning on, which on a 2-core
+    host sometimes ran a whole epoch on one core (see `train_stream`); `RobustModel.fit` feeds
+    arrays through this instead.
+
+    Returns:
+      Dataset of tuples like `arrays`, batched; the values are passed through unchanged.
+    """
+    if batch_size < 1:
+        raise DataError(f"batch_size is {batch_size}; expected an int >= 1")
+    dataset = tf.data.Dataset.from_tensor_slices(tuple(arrays))
+    if shuffle:
+        count = int(dataset.cardinality())
+        dataset = dataset.shuffle(count, seed=seed, reshuffle_each_iteration=True)
+    options = tf.data.Options()
+    options.autotune.enabled = autotune
+    # in-memory data: shard by example under a multi-worker strategy (what Keras sets for arrays)
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return dataset.batch(batch_size).prefetch(2).with_options(options)
+
+
 # --------------------------------------------------------------------------- ready to fit
 
 

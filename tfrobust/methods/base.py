@@ -86,9 +86,9 @@ class StepContext:
         return lambda x: self.logits(x, training=training)
 
 
-# differentiate(loss_fn, regularize) -> (LossOutput, gradients of the scaled loss w.r.t. the
-# classifier's trainable variables). `regularize` adds weight decay; a method must ask for it
-# exactly once per step.
+# differentiate(loss_fn, regularize[, inputs]) -> (LossOutput, gradients of the scaled loss w.r.t.
+# the classifier's trainable variables, then w.r.t. each tensor of `inputs` if given). `regularize`
+# adds weight decay; a method must ask for it exactly once per step.
 Differentiate = Callable[[Callable[[], LossOutput], bool], tuple[LossOutput, Sequence[tf.Tensor]]]
 
 
@@ -124,8 +124,10 @@ class Method(abc.ABC):
         return out, grads, x_adv
 
     def pgd(self, ctx: StepContext, x: tf.Tensor, y: tf.Tensor, **overrides) -> tf.Tensor:
-        """PGD within this method's threat model, attacking in the configured model mode."""
+        """PGD within this method's threat model, attacking in the configured model mode; unrolled
+        (see `pgd.pgd`: on a CPU with oneDNN the while loop sometimes ran a slow max-pool gradient)."""
         a = self.attack
-        kwargs = dict(eps=ctx.eps(a), step_size=ctx.step_size(a), steps=a.steps, norm=a.norm, seed=ctx.seed)
+        kwargs = dict(eps=ctx.eps(a), step_size=ctx.step_size(a), steps=a.steps, norm=a.norm, seed=ctx.seed,
+                      unroll=True)
         kwargs.update(overrides)
         return pgd.pgd(ctx.attack_logits_fn(a), x, y, **kwargs)
