@@ -46,7 +46,8 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Any, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 from tfrobust.errors import TfrobustError
 
@@ -113,7 +114,7 @@ class Case:
     seed: int = 0
     round: int = 0  # which pass over the cases (`run` interleaves repeated passes)
 
-    def resolved(self) -> "Case":
+    def resolved(self) -> Case:
         if self.model not in PRESETS:
             raise BenchmarkError(f"model must be one of {sorted(PRESETS)}, got {self.model!r}")
         shape, batch = PRESETS[self.model]
@@ -168,7 +169,7 @@ class Result:
     error: str | None = None  # why the case has no figures (e.g. it timed out)
 
     @classmethod
-    def failed(cls, case: Case, error: str) -> "Result":
+    def failed(cls, case: Case, error: str) -> Result:
         nan = float("nan")
         return cls(case=case, step_seconds=nan, images_per_second=nan, repeat_seconds=[], first_call_seconds=nan,
                    traces=0, rss_before_mb=nan, peak_rss_mb=nan, peak_rss_delta_mb=nan, error=error)
@@ -179,7 +180,7 @@ class Result:
         return {k: None if isinstance(v, float) and v != v else v for k, v in d.items()}  # NaN -> null
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "Result":
+    def from_json(cls, d: dict[str, Any]) -> Result:
         d = dict(d)
         case = dict(d.pop("case"))
         case["input_shape"] = tuple(case["input_shape"]) if case.get("input_shape") else None

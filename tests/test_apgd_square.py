@@ -11,12 +11,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from conftest import digits_arrays  # noqa: E402
 
 from tfrobust import losses  # noqa: E402
 from tfrobust.attacks import apgd, gradients, objectives, pgd, square  # noqa: E402
 from tfrobust.evaluation import AttackSpec, attack_function  # noqa: E402
-
-from conftest import digits_arrays  # noqa: E402
 
 
 @pytest.fixture(scope="module")

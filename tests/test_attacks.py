@@ -3,11 +3,10 @@
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import batch
 
 from tfrobust import losses
 from tfrobust.attacks import ball, gradients, pgd
-
-from conftest import batch
 
 
 def _logits_fn(model):

@@ -12,11 +12,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from conftest import digits_arrays  # noqa: E402
 
 from tfrobust import evaluation as ev  # noqa: E402
 from tfrobust.evaluation import AttackSpec, robust_accuracy  # noqa: E402
-
-from conftest import digits_arrays  # noqa: E402
 
 STAGES = [AttackSpec("apgd_ce", steps=10), AttackSpec("apgd_t", steps=10, n_target_classes=3),
           AttackSpec("fab_t", steps=10, n_target_classes=3), AttackSpec("square", steps=60)]

@@ -233,7 +233,8 @@ def test_a_full_disk_mid_run_names_the_path_and_how_to_resume(tmp_path, monkeypa
                                eval_examples=32, eval_steps=1, output_dir=str(tmp_path / "run"), verbose=0)
     with pytest.raises(RunWriteError, match="No space left on device") as info:
         training.train(cfg, extra_callbacks=[FullDisk()])
-    assert info.value.exit_code == 4 and "ckpt-2.index" in str(info.value) and "rerun the same command" in str(info.value)
+    message = str(info.value)
+    assert info.value.exit_code == 4 and "ckpt-2.index" in message and "rerun the same command" in message
     result = training.train(cfg)  # the disk has room again
     assert result.steps == 3 * 2
 

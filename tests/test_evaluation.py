@@ -12,12 +12,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from conftest import digits_arrays  # noqa: E402
 
 from tfrobust import evaluation as ev  # noqa: E402
 from tfrobust import export  # noqa: E402
 from tfrobust.evaluation import AttackSpec, CheckSettings, robust_accuracy  # noqa: E402
-
-from conftest import digits_arrays  # noqa: E402
 
 EPS = [0.05, 0.1, 0.2]
 CHEAP_CHECKS = CheckSettings(few_steps=5, many_steps=25, cleverhans_steps=10, large_eps_steps=10,

@@ -145,7 +145,8 @@ def test_fab_t_uses_the_top_non_true_class_first():
 def digits(digits_cnn):
     model = digits_cnn
     _, _, x_test, y_test = digits_arrays()
-    logits_fn = lambda v: model(v, training=False)
+    def logits_fn(v):
+        return model(v, training=False)
     return logits_fn, tf.constant(x_test[:64]), tf.constant(y_test[:64])
 
 

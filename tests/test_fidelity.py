@@ -200,7 +200,7 @@ def logit_gradients(loss, logits):
     for n, z in enumerate(logits):
         grad = np.zeros_like(z)
         for idx in np.ndindex(z.shape):
-            def at(t):
+            def at(t, n=n, idx=idx):
                 moved = [w.copy() for w in logits]
                 moved[n][idx] += t
                 return loss(*moved)

@@ -15,8 +15,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from tfrobust.errors import ConfigError
 from tfrobust import losses, methods  # noqa: E402
+from tfrobust.errors import ConfigError
 from tfrobust.methods import AttackConfig, StepContext, build  # noqa: E402
 from tfrobust.robust_model import RobustModel  # noqa: E402
 

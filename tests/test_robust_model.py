@@ -6,11 +6,10 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import batch
 
 from tfrobust import data, losses, methods, models
 from tfrobust.robust_model import RobustModel
-
-from conftest import batch
 
 ATTACK = methods.AttackConfig(eps=0.1, step_size=0.025, steps=10)
 
@@ -152,7 +151,8 @@ def test_method_config_refuses_an_unknown_hyperparameter(digits):
     from tfrobust.robust_model import method_config, method_from_config
 
     config = method_config(methods.build("mart", ATTACK, {"beta": 3.0}))
-    assert config == {"name": "mart", "options": {"beta": 3.0, "clip_start": False}, "attack": dataclasses.asdict(ATTACK)}
+    options = {"beta": 3.0, "clip_start": False}
+    assert config == {"name": "mart", "options": options, "attack": dataclasses.asdict(ATTACK)}
     assert method_from_config(config) == methods.build("mart", ATTACK, {"beta": 3.0})
     with pytest.raises(ValueError, match="no hyperparameter"):
         method_from_config({**config, "options": {"lambda_mi": 1.0}})

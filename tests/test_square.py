@@ -48,7 +48,8 @@ def test_eta_is_the_reference_pattern():
 def digits(digits_cnn):
     model = digits_cnn
     _, _, x_test, y_test = digits_arrays()
-    logits_fn = lambda v: model(v, training=False)
+    def logits_fn(v):
+        return model(v, training=False)
     return logits_fn, tf.constant(x_test[:96]), tf.constant(y_test[:96])
 
 
@@ -60,7 +61,8 @@ def test_l2_start_has_norm_eps_inside_the_box():
     """The l2 start (grid of eta blocks) is scaled to norm eps exactly when [0, 1] does not clip."""
     x = tf.fill([4, 28, 28, 1], 0.5)
     y = tf.zeros([4], tf.int32)
-    logits_fn = lambda v: tf.concat([tf.ones([tf.shape(v)[0], 1]) * 100.0, tf.zeros([tf.shape(v)[0], 9])], 1)
+    def logits_fn(v):
+        return tf.concat([tf.ones([tf.shape(v)[0], 1]) * 100.0, tf.zeros([tf.shape(v)[0], 9])], 1)
     x_best, margin = square_run(logits_fn, x, y, eps=tf.constant(0.5), norm="l2", n_queries=1, seed=tf.constant([1, 2]))
     norms = np.sqrt(np.sum((x_best - x).numpy() ** 2, axis=(1, 2, 3)))
     np.testing.assert_allclose(norms, 0.5, rtol=1e-5)

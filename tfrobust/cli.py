@@ -9,7 +9,8 @@ import contextlib
 import os
 import sys
 import tempfile
-from typing import Callable, NoReturn
+from collections.abc import Callable
+from typing import NoReturn
 
 
 @contextlib.contextmanager

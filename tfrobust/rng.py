@@ -10,7 +10,7 @@ Drawing N times more noise than needed costs little beside the forward passes it
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import tensorflow as tf
 

@@ -18,7 +18,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import typing
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from tfrobust.errors import ConfigError
 

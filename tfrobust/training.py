@@ -14,14 +14,26 @@ import contextlib
 import dataclasses
 import os
 import shutil
-from typing import Sequence
+from collections.abc import Sequence
 
 import keras
 import tensorflow as tf
 
-from tfrobust import __version__
+from tfrobust import (
+    __version__,
+    averaging,
+    compat,
+    data,
+    distribute,
+    evaluation,
+    export,
+    files,
+    hparams,
+    methods,
+    models,
+    rundir,
+)
 from tfrobust import callbacks as callbacks_lib
-from tfrobust import averaging, compat, data, distribute, evaluation, export, files, hparams, methods, models, rundir
 from tfrobust import config as config_lib
 from tfrobust.config import TrainConfig, validate
 from tfrobust.errors import ConfigError, RunWriteError

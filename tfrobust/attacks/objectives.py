@@ -9,7 +9,7 @@ DLR takes its target classes as a third argument and APGD-T closes over them.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import tensorflow as tf
 

@@ -1,8 +1,9 @@
 """Reproducible `tf.data` pipelines over in-memory arrays (`tfrobust.data.sources`).
 
-Every pipeline yields `(x, y)` batches: `x` NHWC in [0, 1] of the compute dtype (`keras.config.floatx()`, float32 by default), `y` int32
-class indices.  Images stay in their stored dtype in memory (uint8 for the
-TFDS image datasets, which are large) and are converted to float per batch.
+Every pipeline yields `(x, y)` batches: `x` NHWC in [0, 1] of the compute dtype
+(`keras.config.floatx()`, float32 by default), `y` int32 class indices. Images stay in their
+stored dtype in memory (uint8 for the TFDS image datasets, which are large) and are converted to
+float per batch.
 
 The training stream is a pure function of `(seed, epoch, batch index)`: the
 order of epoch `e` is a stateless permutation keyed by `[seed, e]`, and the

@@ -13,7 +13,6 @@ import tensorflow as tf
 
 from tfrobust.errors import TfrobustError
 
-
 TFDS_NAMES = ("mnist", "fashion_mnist", "cifar10", "cifar100", "svhn_cropped")
 
 NPZ_PREFIX = "npz:"

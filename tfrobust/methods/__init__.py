@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from tfrobust.errors import ConfigError
-from tfrobust.methods.base import BN_MODES, AttackConfig, Differentiate, LossOutput, Method, StepContext
 from tfrobust.methods.atent import Atent
+from tfrobust.methods.base import BN_MODES, AttackConfig, Differentiate, LossOutput, Method, StepContext
 from tfrobust.methods.fgsm_rs import FgsmRs
 from tfrobust.methods.mart import Mart
 from tfrobust.methods.mimae import Mimae
