@@ -123,6 +123,13 @@ def check_mean_std(
     return mean_v, std_v
 
 
+def kaiming_normal(mode: str) -> keras.initializers.Initializer:
+    """N(0, 2 / fan), *untruncated*, fan = fan_in or fan_out: ``torch.nn.init.kaiming_normal_``
+    (fan_in, the TRADES SmallCNN's convs) or ``normal_(0, sqrt(2 / (k * k * out_channels)))``
+    (fan_out, the WRN of the TRADES code)."""
+    return keras.initializers.VarianceScaling(scale=2.0, mode=mode, distribution="untruncated_normal")
+
+
 def torch_default_kernel() -> keras.initializers.Initializer:
     """PyTorch's default weight of ``nn.Linear`` and ``nn.Conv2d`` (``kaiming_uniform_(a=sqrt(5))``):
     U(-1/sqrt(fan_in), 1/sqrt(fan_in)), i.e. variance-scaling uniform with scale 1/3 on fan_in."""

@@ -16,6 +16,7 @@ from ._common import (
     check_num_classes,
     functional_model,
     input_stem,
+    kaiming_normal,
     logits_layer,
     torch_default_bias,
     torch_default_kernel,
@@ -24,13 +25,6 @@ from ._common import (
 # conv3 (valid) x2, pool 2, conv3 (valid) x2, pool 2 must leave >= 1x1:
 # 16 -> 14 -> 12 -> 6 -> 4 -> 2 -> 1 (15 would give 0).
 MIN_INPUT_SIZE: int = 16
-
-
-def _kaiming_normal() -> keras.initializers.Initializer:
-    # torch.nn.init.kaiming_normal_ defaults: fan_in, gain sqrt(2), *untruncated* normal.
-    return keras.initializers.VarianceScaling(
-        scale=2.0, mode="fan_in", distribution="untruncated_normal"
-    )
 
 
 def build_small_cnn(
@@ -58,7 +52,7 @@ def build_small_cnn(
     def conv(filters: int, name: str) -> keras.layers.Conv2D:
         return layers.Conv2D(
             filters, 3, padding="valid", activation="relu",
-            kernel_initializer=_kaiming_normal(), bias_initializer="zeros", name=name,
+            kernel_initializer=kaiming_normal("fan_in"), bias_initializer="zeros", name=name,
         )
 
     x = conv(32, "conv1")(x)

@@ -31,19 +31,13 @@ from ._common import (
     check_num_classes,
     functional_model,
     input_stem,
+    kaiming_normal,
     logits_layer,
     torch_default_kernel,
 )
 
 # Two stride-2 stages must each halve a dimension of at least 2 (4 -> 2 -> 1).
 MIN_INPUT_SIZE: int = 4
-
-
-def _conv_init() -> keras.initializers.Initializer:
-    # Reference: m.weight.data.normal_(0, sqrt(2. / (k*k*out_channels))).
-    return keras.initializers.VarianceScaling(
-        scale=2.0, mode="fan_out", distribution="untruncated_normal"
-    )
 
 
 def _conv(
@@ -57,7 +51,7 @@ def _conv(
         padding = "same" if kernel == 3 else "valid"
     return keras.layers.Conv2D(
         filters, kernel, strides=stride, padding=padding, use_bias=False,
-        kernel_initializer=_conv_init(), name=name,
+        kernel_initializer=kaiming_normal("fan_out"),  # the reference's normal_(0, sqrt(2 / n)) name=name,
     )(x)
 
 
