@@ -209,6 +209,8 @@ def _train(config: TrainConfig, method: methods.Method, extra_callbacks: Sequenc
     if chief and config.verbose != 0:
         print(banner(config, method, splits, strategy, steps_per_epoch,
                      resumed_at=(start_epoch, skip, done) if resuming else None), flush=True)
+    elif chief and resuming:  # quiet, but a continued run says so
+        print(f"Continuing {run_dir} at epoch {start_epoch + 1}, batch {skip} (optimizer step {done}).")
 
     augment = data.is_cifar_like(splits) if config.augment is None else config.augment
     x_show, y_show = (splits.x_val, splits.y_val) if len(splits.x_val) else (splits.x_test, splits.y_test)

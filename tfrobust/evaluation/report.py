@@ -207,7 +207,9 @@ class Report:
     def write_tensorboard(self, logdir: str, step: int = 0) -> str:
         """Scalars 'robust_accuracy/<attack>/eps_<eps>', '.../worst_case/...', 'clean_accuracy'."""
         writer = tf.summary.create_file_writer(logdir)
-        with writer.as_default():
+        # record_if(True): a fit that raised leaves Keras' TensorBoard callback's recording
+        # condition in force in this thread.
+        with writer.as_default(), tf.summary.record_if(True):
             tf.summary.scalar("clean_accuracy", self.clean_accuracy, step=step)
             for j, eps in enumerate(self.eps_values):
                 for label, accs in self.accuracy.items():

@@ -51,7 +51,7 @@ def _conv(
         padding = "same" if kernel == 3 else "valid"
     return keras.layers.Conv2D(
         filters, kernel, strides=stride, padding=padding, use_bias=False,
-        kernel_initializer=kaiming_normal("fan_out"),  # the reference's normal_(0, sqrt(2 / n)) name=name,
+        kernel_initializer=kaiming_normal("fan_out"), name=name,  # the reference's normal_(0, sqrt(2 / n))
     )(x)
 
 
