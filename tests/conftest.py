@@ -7,6 +7,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
 
 from tfrobust import data, models  # noqa: E402
 
@@ -30,6 +31,25 @@ def digits():
 def tiny_classifier(digits):
     keras.utils.set_random_seed(0)
     return models.build_model("tiny_cnn", digits.image_shape, digits.num_classes)
+
+
+def conv_model(shape=(6, 6, 1), classes: int = 3, seed: int = 0) -> keras.Model:
+    """The smallest seeded conv net (one 3x3 conv of 4 filters, a dense layer): the method tests'."""
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input(shape)
+    h = keras.layers.Conv2D(4, 3, padding="same", activation="relu")(inputs)
+    h = keras.layers.Flatten()(h)
+    return keras.Model(inputs, keras.layers.Dense(classes)(h))
+
+
+def digits_logits(model, count: int):
+    """(logits_fn in inference mode, x, y) on the first `count` digits test images."""
+    _, _, x_test, y_test = digits_arrays()
+
+    def logits_fn(v):
+        return model(v, training=False)
+
+    return logits_fn, tf.constant(x_test[:count]), tf.constant(y_test[:count])
 
 
 def batch(splits, n=32, start=0):

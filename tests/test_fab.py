@@ -12,7 +12,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import digits_arrays
+from conftest import digits_logits
 
 from tfrobust.attacks.fab import fab_targeted, project_l2, project_linf
 
@@ -143,11 +143,7 @@ def test_fab_t_uses_the_top_non_true_class_first():
 
 @pytest.fixture(scope="module")
 def digits(digits_cnn):
-    model = digits_cnn
-    _, _, x_test, y_test = digits_arrays()
-    def logits_fn(v):
-        return model(v, training=False)
-    return logits_fn, tf.constant(x_test[:64]), tf.constant(y_test[:64])
+    return digits_logits(digits_cnn, 64)
 
 
 @pytest.mark.parametrize("norm,eps", [("linf", 0.1), ("l2", 0.8)])

@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -14,6 +13,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from conftest import conv_model, script  # noqa: E402
 
 from tfrobust import losses, methods  # noqa: E402
 from tfrobust.errors import ConfigError
@@ -28,11 +28,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def tiny_model(seed: int = 0) -> keras.Model:
-    keras.utils.set_random_seed(seed)
-    inputs = keras.Input(SHAPE)
-    h = keras.layers.Conv2D(4, 3, padding="same", activation="relu")(inputs)
-    h = keras.layers.Flatten()(h)
-    return keras.Model(inputs, keras.layers.Dense(CLASSES)(h))
+    return conv_model(SHAPE, CLASSES, seed)
 
 
 def batch(seed: int = 0):
@@ -167,51 +163,12 @@ def test_mart_attack_increases_the_cross_entropy():
     assert ce(x_adv) > ce(x) + 0.05
 
 
-_MIRRORED_SCRIPT = textwrap.dedent("""
-    import json, os, sys
-    import tensorflow as tf
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    import keras, numpy as np
-    from tfrobust import distribute
-    from tfrobust.methods import AttackConfig, build
-    from tfrobust.robust_model import RobustModel
-
-    r = np.random.default_rng(0)
-    x = r.uniform(0, 1, size=(8, 6, 6, 1)).astype(np.float32)
-    y = np.array([0, 0, 0, 1, 1, 2, 2, 2], np.int32)  # halves with different class mixes
-    method = build("mimae", AttackConfig(eps=0.1, step_size=0.04, steps=2),
-                   {"lambda_mi": 5.0, "lambda_mae": 0.5})
-
-    def run(strategy):
-        with strategy.scope():
-            keras.utils.set_random_seed(0)
-            inputs = keras.Input((6, 6, 1))
-            h = keras.layers.Flatten()(keras.layers.Conv2D(4, 3, activation="relu")(inputs))
-            # Large output weights: confident, varied predictions, so the MI is far from 0.
-            init = keras.initializers.RandomNormal(stddev=2.0, seed=0)
-            model = keras.Model(inputs, keras.layers.Dense(3, kernel_initializer=init)(h))
-            rm = RobustModel(model, method, weight_decay=0.01, seed=1)
-            rm.compile(optimizer=keras.optimizers.SGD(1.0))
-        logs = rm.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0).history
-        return {"mi": logs["mi"][-1], "loss": logs["loss"][-1], "adv_ce": logs["adv_ce"][-1],
-                "weights": [w.tolist() for w in model.get_weights()]}
-
-    # One MirroredStrategy for both mirrored runs: two instances in a process can collide on
-    # collective instance keys.
-    mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-    one = run(tf.distribute.OneDeviceStrategy("/cpu:0"))
-    two = run(mirrored)
-    distribute.global_sum = lambda t: t  # what the test must catch: a per-replica joint
-    local = run(mirrored)
-    print("RESULT" + json.dumps({"one": one, "two": two, "local": local}))
-""")
 
 
 def test_mimae_batch_mi_under_mirrored_strategy_equals_one_device():
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
                TF_CPP_MIN_LOG_LEVEL="3")
-    proc = subprocess.run([sys.executable, "-c", _MIRRORED_SCRIPT], env=env, capture_output=True,
+    proc = subprocess.run([sys.executable, script("mimae_mirrored.py")], env=env, capture_output=True,
                           text=True, timeout=240)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT")]
     assert proc.returncode == 0 and lines, proc.stderr[-3000:]

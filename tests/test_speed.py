@@ -11,6 +11,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from conftest import conv_model  # noqa: E402
 
 from tfrobust import methods  # noqa: E402
 from tfrobust.methods import AttackConfig, StepContext, build  # noqa: E402
@@ -22,11 +23,7 @@ BATCH = 8
 
 
 def tiny_model(seed: int = 0) -> keras.Model:
-    keras.utils.set_random_seed(seed)
-    inputs = keras.Input(SHAPE)
-    h = keras.layers.Conv2D(4, 3, padding="same", activation="relu")(inputs)
-    h = keras.layers.Flatten()(h)
-    return keras.Model(inputs, keras.layers.Dense(CLASSES)(h))
+    return conv_model(SHAPE, CLASSES, seed)
 
 
 def batch(seed: int = 0):

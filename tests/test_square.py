@@ -11,7 +11,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import digits_arrays
+from conftest import digits_logits
 
 from tfrobust.attacks.square import eta, p_halvings, square, square_run, window_sides
 
@@ -46,11 +46,7 @@ def test_eta_is_the_reference_pattern():
 
 @pytest.fixture(scope="module")
 def digits(digits_cnn):
-    model = digits_cnn
-    _, _, x_test, y_test = digits_arrays()
-    def logits_fn(v):
-        return model(v, training=False)
-    return logits_fn, tf.constant(x_test[:96]), tf.constant(y_test[:96])
+    return digits_logits(digits_cnn, 96)
 
 
 def _accuracy(logits_fn, x, y):
