@@ -9,12 +9,12 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import script
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from tfrobust import averaging, data, export, losses, methods, models, training
@@ -265,45 +265,12 @@ def test_weight_averaging_resumes_exactly_equals_the_ema_of_the_iterates_and_is_
     np.testing.assert_array_equal(a_model.weights[1].numpy(), iterates.values[-1][1])  # swapped back
 
 
-_MIRRORED_SCRIPT = textwrap.dedent("""
-    import json
-    import tensorflow as tf
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    import keras, numpy as np
-    from tfrobust import averaging, data, methods, models
-    from tfrobust.robust_model import RobustModel
-
-    splits = data.load("digits")
-    x = np.asarray(splits.x_train[:16], np.float32)
-    y = splits.y_train[:16].astype(np.int32)
-    attack = methods.AttackConfig(eps=0.1, step_size=0.04, steps=2)
-    mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-    one = tf.distribute.OneDeviceStrategy("/cpu:0")
-
-    def run(strategy):
-        with strategy.scope():
-            classifier = models.build_model("tiny_cnn", splits.image_shape, 10, seed=0)
-            average = averaging.WeightAverage(classifier, decay=0.5, start_step=1)
-            model = RobustModel(classifier, methods.build("pgd_at", attack), seed=3, weight_average=average)
-            model.compile(optimizer=keras.optimizers.SGD(0.5, momentum=0.9))
-        model.fit(tf.data.Dataset.from_tensors((x, y)).repeat(), epochs=1, steps_per_epoch=3, verbose=0)
-        scores = model.evaluate(tf.data.Dataset.from_tensors((x, y)), verbose=0, return_dict=True)
-        return [a.numpy() for a in average.averages], classifier.get_weights(), scores["loss"]
-
-    (a1, w1, l1), (a2, w2, l2) = run(one), run(mirrored)
-    diff = lambda a, b: max(float(np.abs(u - v).max()) for u, v in zip(a, b))
-    print("RESULT" + json.dumps({"averages": diff(a1, a2), "weights": diff(w1, w2), "avg_vs_raw": diff(a1, w1),
-                                 "loss": abs(l1 - l2)}))
-""")
-
-
 def test_weight_averaging_under_mirrored_strategy_equals_one_device():
     """The averages update inside the replicated step (ONLY_FIRST_REPLICA variables) and evaluate swaps
     them in from the cross-replica context: two replicas give one device's averages and scores."""
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), TF_CPP_MIN_LOG_LEVEL="3")
     env.pop("TF_CONFIG", None)
-    proc = subprocess.run([sys.executable, "-c", _MIRRORED_SCRIPT], env=env, capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, script("ema_mirrored.py")], env=env, capture_output=True, text=True,
                           timeout=300)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT")]
     assert proc.returncode == 0 and lines, proc.stderr[-4000:]
