@@ -47,6 +47,22 @@ class Throughput(keras.callbacks.Callback):
             logs["images_per_second"] = self._steps * self.global_batch_size / elapsed
 
 
+class EpochTest(keras.callbacks.Callback):
+    """Adds the figures `evaluate()` returns (e.g. test accuracies) to every epoch's logs, and the
+    seconds they took as `test_seconds`. Place it before the writers (TensorBoard, EpochHistory)
+    and before the epoch's checkpoint, so a run killed while it evaluates redoes the epoch."""
+
+    def __init__(self, evaluate):
+        super().__init__()
+        self.evaluate = evaluate
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            start = time.perf_counter()
+            logs.update(self.evaluate())
+            logs["test_seconds"] = time.perf_counter() - start
+
+
 class StopOnNonFiniteLoss(keras.callbacks.Callback):
     """Stops training at the first step whose loss is NaN or infinite, naming that step."""
 

@@ -110,6 +110,11 @@ class TrainConfig:
                                   "more than this (a fraction, 0.2 = 20 points) below the best so far.", low=0,
                                   high=1, resumable=True)
     eval_steps: int = setting(20, "PGD steps of validation and the final test evaluation.", low=1)
+    eval_step_size: float = setting(0.0, "Step size of that PGD (0: 2.5 eps / eval_steps, Madry et al.'s).", low=0)
+    epoch_test_examples: int = setting(0, "After every epoch, clean accuracy on all test images and the evaluation "
+                                       "PGD on the first N of them, as test_* in history.json and TensorBoard "
+                                       "(learning curves as papers plot them, not for choosing a model; 0: off).",
+                                       low=0, resumable=True)
     eval_examples: int = setting(1000, "Test examples in the final evaluation (0: all).", low=0, resumable=True)
     eval_suite: str = setting("none", "After training, also run this evaluation suite at --eps on the "
                               "eval_examples, with its sanity checks; report in RUN/evaluation.",

@@ -27,9 +27,10 @@ def _num_replicas() -> int:
     return ctx.num_replicas_in_sync if ctx is not None else 1
 
 
-def default_eval_attack(attack: AttackConfig, steps: int = 20) -> AttackConfig:
-    """PGD-`steps` in the training threat model, step 2.5 eps / steps (Madry et al.), eval mode."""
-    step = 2.5 * attack.eps / steps if steps else 0.0
+def default_eval_attack(attack: AttackConfig, steps: int = 20, step_size: float = 0.0) -> AttackConfig:
+    """PGD-`steps` in the training threat model, eval mode, step `step_size` (0: 2.5 eps / steps,
+    Madry et al.'s)."""
+    step = step_size or (2.5 * attack.eps / steps if steps else 0.0)
     return AttackConfig(eps=attack.eps, step_size=step, steps=steps, norm=attack.norm, bn_mode="eval")
 
 

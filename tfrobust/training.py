@@ -187,7 +187,7 @@ def _train(config: TrainConfig, method: methods.Method, extra_callbacks: Sequenc
                                                   round(config.ema_start_epoch * steps_per_epoch))
                           if config.weight_averaging == "ema" else None)
         robust = RobustModel(classifier, method, weight_decay=config.weight_decay, seed=config.seed,
-                             eval_attack=default_eval_attack(method.attack, config.eval_steps),
+                             eval_attack=default_eval_attack(method.attack, config.eval_steps, config.eval_step_size),
                              eps_warmup_steps=round(config.eps_warmup_epochs * steps_per_epoch),
                              weight_average=weight_average, monitor_clean=config.monitor_clean)
         jit = "auto" if config.jit_compile is None else config.jit_compile
@@ -227,11 +227,14 @@ def _train(config: TrainConfig, method: methods.Method, extra_callbacks: Sequenc
         overfit_drop=config.overfit_drop, export_path=os.path.join(write_dir, "savedmodel_best"),
         state_file=os.path.join(run_dir, BEST_DIR, callbacks_lib.BestRobustCheckpoint.STATE_FILE),
         write_state=chief, verbose=chief) if validation is not None else None
+    epoch_test = callbacks_lib.EpochTest(
+        lambda: _epoch_test_accuracy(config, robust, splits)) if config.epoch_test_examples else None
     epoch_history = callbacks_lib.EpochHistory(os.path.join(run_dir, rundir.HISTORY_FILE), write=chief)
     callbacks = [
+        callbacks_lib.Throughput(config.batch_size),  # its clock stops before the epoch's test
+        *([epoch_test] if epoch_test else []),  # before the progress bar, the writers and the checkpoint
         callbacks_lib.RunProgress(config.epochs),
         callbacks_lib.StopOnNonFiniteLoss(),
-        callbacks_lib.Throughput(config.batch_size),
         *summaries,
         callbacks_lib.StepCheckpoint(manager, config.checkpoint_every_steps),
         *([best] if best else []),
@@ -371,6 +374,16 @@ def _final_test_accuracy(config: TrainConfig, classifier: keras.Model, attack: A
                                         eps_values=[attack.eps], norm=attack.norm, batch_size=batch_size,
                                         limit=limit, seed=config.seed + 1, checks=None)
     return report.clean_accuracy, report.accuracy[spec.display][0]
+
+
+def _epoch_test_accuracy(config: TrainConfig, robust: RobustModel, splits: data.Splits) -> dict[str, float]:
+    """The per-epoch test figures of --epoch_test_examples: clean accuracy on every test image, and
+    clean and PGD accuracy (the final evaluation's attack) on the first N."""
+    with robust.evaluated_weights():
+        x, y = evaluation.load_arrays((splits.x_test, splits.y_test), None)
+        predicted = robust.classifier.predict(x, batch_size=max(config.batch_size, 100), verbose=0).argmax(-1)
+        _, adv = _final_test_accuracy(config, robust.classifier, robust.eval_attack, splits, config.epoch_test_examples)
+    return {"test_clean_accuracy": float((predicted == y).mean()), "test_adv_accuracy": adv}
 
 
 def _is_disk_error(error: tf.errors.OpError) -> bool:
