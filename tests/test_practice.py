@@ -303,3 +303,24 @@ def test_best_robust_checkpoint_in_a_users_own_fit_and_its_state_survives_a_rest
     probe = np.asarray(digits.x_test[:8], np.float32)
     np.testing.assert_allclose(export.load_logits_fn(str(tmp_path / "savedmodel_best"))(probe).numpy(),
                                restored(probe, training=False).numpy(), atol=1e-5)
+
+
+def test_epoch_test_figures_are_the_models_test_accuracy_each_epoch_in_history_and_tensorboard(tmp_path, digits):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    config = _small(tmp_path, epochs=2, epoch_test_examples=40, eval_step_size=0.01, checkpoint_every_steps=0)
+    result = training.train(config)
+    with open(os.path.join(result.run_dir, "history.json")) as f:
+        epochs = json.load(f)["epochs"]
+    assert [e["epoch"] for e in epochs] == [1, 2]
+    # the last epoch's clean figure is the exported (last) model's accuracy on every test image
+    logits = export.load_logits_fn(result.export_path)
+    expected = float((np.argmax(logits(tf.constant(digits.x_test)).numpy(), -1) == digits.y_test).mean())
+    assert epochs[-1]["test_clean_accuracy"] == pytest.approx(expected, abs=1e-9)
+    assert all(0 <= e["test_adv_accuracy"] <= 1 and e["test_seconds"] > 0 for e in epochs)
+    with open(os.path.join(result.run_dir, "summary.json")) as f:
+        assert json.load(f)["eval_attack"]["step_size"] == 0.01
+    events = EventAccumulator(os.path.join(result.run_dir, "logs", "train")).Reload()
+    for tag in ("epoch_test_clean_accuracy", "epoch_test_adv_accuracy"):
+        written = [(e.step, float(tf.make_ndarray(e.tensor_proto))) for e in events.Tensors(tag)]
+        assert written == [(i, pytest.approx(r[tag.removeprefix("epoch_")])) for i, r in enumerate(epochs)]
