@@ -10,8 +10,9 @@ Every model built here is a functional ``keras.Model`` that
 * uses PyTorch-default BatchNorm (momentum 0.9 in Keras terms, eps 1e-5) and
   has no weight regularizers (the trainer applies weight decay).
 
-Architectures: the rows of :data:`ARCHITECTURES`, one per name (builder, smallest input, one
-line; each module's docstring names its reference). Adding one is a module and a row.
+Architectures: the rows of :data:`ARCHITECTURES`, one per name (module, builder, one line; each
+module defines its smallest input and its docstring names its reference). Adding one is a module and
+a row. The table imports no Keras: a builder's module is imported when the row is first built.
 """
 
 from __future__ import annotations
