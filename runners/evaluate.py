@@ -5,7 +5,8 @@
     python runners/evaluate.py --model=runs/pgd_at-digits --suite=autoattack   # AutoAttack, standard version
 
 Writes report.json, report.md, accuracy_vs_eps.png and TensorBoard scalars to --output_dir and
-prints the table. Flags in, one `tfrobust.evaluation.robust_accuracy` call out.
+prints the table. Flags in, one `tfrobust.evaluation.robust_accuracy` call out. Flags are parsed and
+checked (suite, attacks, eps) before TensorFlow is imported, so a bad one is reported within a second.
 """
 
 from __future__ import annotations
@@ -15,13 +16,8 @@ import os
 
 from absl import app, flags, logging
 
-from tfrobust import cli
-
-with cli.native_stderr_captured():
-    import keras
-
-    from tfrobust import data, evaluation, export, files
-    from tfrobust.errors import TfrobustError
+from tfrobust import cli, evaluation, files  # no TensorFlow until main has checked the flags
+from tfrobust.errors import TfrobustError
 
 flags.DEFINE_string("model", None, "A training run directory, or an exported SavedModel directory.")
 flags.DEFINE_string("dataset", None, "Dataset (as for train.py); default: the run's dataset, else digits.")
@@ -77,17 +73,24 @@ def main(argv: list[str]) -> None:
     if not FLAGS.model:
         fail("--model is required: a training run directory or a SavedModel directory")
     savedmodel, run_config, default_out = _resolve_model(FLAGS.model)
+    eps_values = _eps_values(run_config)
+    norm = FLAGS.norm or run_config.get("norm", "linf")
+    attacks = FLAGS.attacks or FLAGS.suite
+    try:
+        specs = evaluation.with_square_queries(evaluation.resolve_attacks(attacks), FLAGS.square_queries)
+    except TfrobustError as e:
+        fail(e)
+    with cli.native_stderr_captured():
+        import keras
+
+        from tfrobust import data, export
     out = FLAGS.output_dir or default_out
     try:
         files.check_output_dir(out, evaluation.REPORT_FILES, FLAGS.overwrite, what="--output_dir")
     except TfrobustError as e:
         fail(e)
-    eps_values = _eps_values(run_config)
-    norm = FLAGS.norm or run_config.get("norm", "linf")
-    attacks = FLAGS.attacks or FLAGS.suite
     keras.config.set_floatx(FLAGS.dtype or run_config.get("dtype", "float32"))
     try:
-        specs = evaluation.with_square_queries(evaluation.resolve_attacks(attacks), FLAGS.square_queries)
         sequential = not FLAGS.attacks and FLAGS.suite in evaluation.SEQUENTIAL_SUITES
         logits_fn = export.load_logits_fn(savedmodel)
         source = FLAGS.dataset or run_config.get("dataset", "digits")

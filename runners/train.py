@@ -4,7 +4,8 @@
     python runners/train.py --flagfile=flags/mnist_trades.cfg --output_dir=runs/trades
 
 Flags in, one `tfrobust.training.train` call out. A bad flag value ends with one line on stderr
-and exit code 2; an existing run directory is continued (same configuration), or refused.
+and exit code 2, within a second: every flag is parsed and checked before TensorFlow is imported. An
+existing run directory is continued (same configuration), or refused.
 """
 
 from __future__ import annotations
@@ -13,27 +14,28 @@ import os
 
 from absl import app, flags, logging
 
-from tfrobust import cli
+from tfrobust import cli, methods  # neither imports TensorFlow; tfrobust.training (which does) comes in main
+from tfrobust.config import TrainConfig, validate
+from tfrobust.errors import ConfigError, TfrobustError
 
-with cli.native_stderr_captured():
-    from tfrobust import methods, training
-    from tfrobust.errors import ConfigError, TfrobustError
-
-cli.define_flags(training.TrainConfig)
+cli.define_flags(TrainConfig)
 # One flag per method hyperparameter (e.g. --beta, --lambda_mi); unset means the method's default.
 _METHOD_FLAGS = cli.define_method_flags(methods.REGISTRY)
 FLAGS = flags.FLAGS
 
 
-def config_from_flags() -> training.TrainConfig:
-    values = cli.values_from_flags(training.TrainConfig)
+def config_from_flags() -> TrainConfig:
+    """The run the flags describe, checked (`tfrobust.config.validate`); ConfigError if it cannot run."""
+    values = cli.values_from_flags(TrainConfig)
     wanted = methods.hyperparameters(FLAGS.method)
     foreign = [n for n in _METHOD_FLAGS if n not in wanted and FLAGS[n].value is not None]
     if foreign:
         raise ConfigError(f"method {FLAGS.method} does not take --{', --'.join(foreign)}; "
                           f"it takes {['--' + n for n in wanted] or 'no method flags'}")
     values["method_options"] = cli.values_from_flags(methods.get(FLAGS.method), names=wanted)
-    return training.TrainConfig(**values)
+    config = TrainConfig(**values)
+    validate(config)
+    return config
 
 
 def fail(message: object, code: int = 2):
@@ -44,6 +46,8 @@ def main(argv: list[str]) -> None:
     logging.set_verbosity(logging.WARNING)  # TensorFlow's INFO lines drown the progress bars
     try:
         config = config_from_flags()
+        with cli.native_stderr_captured():
+            from tfrobust import training
         result = training.train(config)
     except TfrobustError as e:
         fail(e, code=e.exit_code)

@@ -194,7 +194,8 @@ def _int(name: str, value: Any) -> int:
 
 def validate(config: TrainConfig) -> None:
     """Raise ConfigError (one line) for any value the run cannot use: each setting against its own
-    metadata, then the rules that tie settings together, then the method's hyperparameters."""
+    metadata, then the rules that tie settings together, then the method's hyperparameters. Imports
+    no TensorFlow, so the runner checks its flags before importing it."""
     settings.check(config)
 
     def need(ok: bool, message: str) -> None:
@@ -225,3 +226,6 @@ def validate(config: TrainConfig) -> None:
     wanted = methods.hyperparameters(config.method)
     unknown = sorted(set(config.method_options) - set(wanted))
     need(not unknown, f"method {config.method} has no hyperparameter(s) {unknown}; it takes {list(wanted)}")
+    for spec in settings.specs(methods.get(config.method)):  # each against its `setting`, as the method does
+        message = settings.problem(spec, config.method_options.get(spec.name, spec.default))
+        need(message is None, f"method {config.method}: {message}")

@@ -12,9 +12,11 @@ import json
 import os
 import tempfile
 
-import tensorflow as tf
+from tfrobust.lazy import lazy_import
 
-from tfrobust import compat
+# Imported on first use: reading STRATEGIES (the --strategy flag's choices) needs no TensorFlow.
+tf = lazy_import("tensorflow")
+compat = lazy_import("tfrobust.compat")
 
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
 

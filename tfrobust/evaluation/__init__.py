@@ -21,24 +21,35 @@ SavedModel function from `tfrobust.export.load_logits_fn`, or a `keras.Model` (w
 `training=False` here).
 """
 
-from tfrobust.evaluation.checks import CHECK_NAMES, CHECKS, CheckSettings
-from tfrobust.evaluation.core import autoattack, robust_accuracy
-from tfrobust.evaluation.report import REPORT_FILES, Report
-from tfrobust.evaluation.runner import load_arrays
+import importlib
+
 from tfrobust.evaluation.table import (
-                                       ATTACK_NAMES,
-                                       ATTACKS,
-                                       SEQUENTIAL_SUITES,
-                                       SUITE_HELP,
-                                       SUITES,
-                                       AttackRow,
-                                       AttackSpec,
-                                       EvaluationError,
-                                       attack_function,
-                                       autoattack_specs,
-                                       resolve_attacks,
-                                       with_square_queries,
+    ATTACK_NAMES,
+    ATTACKS,
+    SEQUENTIAL_SUITES,
+    SUITE_HELP,
+    SUITES,
+    AttackRow,
+    AttackSpec,
+    EvaluationError,
+    attack_function,
+    autoattack_specs,
+    resolve_attacks,
+    with_square_queries,
 )
+
+# The attack table above needs no TensorFlow (the runner checks --suite and --attacks before importing
+# it); the modules that run attacks are imported when one of their names is first used.
+_LAZY = {"checks": ("CHECK_NAMES", "CHECKS", "CheckSettings"), "core": ("autoattack", "robust_accuracy"),
+         "report": ("REPORT_FILES", "Report"), "runner": ("load_arrays",)}
+
+
+def __getattr__(name: str):
+    for module, names in _LAZY.items():
+        if name in names:
+            return getattr(importlib.import_module(f"tfrobust.evaluation.{module}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = ["ATTACKS", "ATTACK_NAMES", "AttackRow", "AttackSpec", "CHECKS", "CHECK_NAMES", "CheckSettings",
            "EvaluationError", "REPORT_FILES", "Report", "SEQUENTIAL_SUITES", "SUITES", "SUITE_HELP",

@@ -10,17 +10,28 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import tensorflow as tf
-
-from tfrobust import rng
-from tfrobust.attacks import apgd, ball, fab, objectives, pgd, square, subbatch
-from tfrobust.attacks.objectives import LogitsFn
 from tfrobust.errors import TfrobustError
+from tfrobust.lazy import lazy_import
 
-AttackFn = Callable[[tf.Tensor, tf.Tensor, Any, tf.Tensor], tf.Tensor]  # (x, y, eps, seed) -> x_adv
+if TYPE_CHECKING:
+    from tfrobust.attacks.objectives import LogitsFn
+
+# Imported on first use: the table, AttackSpec and the suites (the runner's --suite and --attacks
+# checks) need no TensorFlow.
+np = lazy_import("numpy")
+tf = lazy_import("tensorflow")
+rng = lazy_import("tfrobust.rng")
+apgd = lazy_import("tfrobust.attacks.apgd")
+ball = lazy_import("tfrobust.attacks.ball")
+fab = lazy_import("tfrobust.attacks.fab")
+objectives = lazy_import("tfrobust.attacks.objectives")
+pgd = lazy_import("tfrobust.attacks.pgd")
+square = lazy_import("tfrobust.attacks.square")
+subbatch = lazy_import("tfrobust.attacks.subbatch")
+
+AttackFn = Callable[["tf.Tensor", "tf.Tensor", Any, "tf.Tensor"], "tf.Tensor"]  # (x, y, eps, seed) -> x_adv
 
 
 class EvaluationError(TfrobustError):
@@ -70,8 +81,9 @@ def _build_fgsm(spec, logits_fn, norm, clip, compact):
     return lambda x, y, eps, seed: pgd.fgsm(logits_fn, x, y, eps=eps, norm=norm, **clip)
 
 
-def _build_pgd(objective):
+def _build_pgd(objective_name):
     def build(spec, logits_fn, norm, clip, compact):
+        objective = getattr(objectives, objective_name)
         start = "uniform" if spec.resolved_random_start else "none"
 
         def run(x, y, eps, seed):
@@ -131,8 +143,8 @@ _BOTH = ("linf", "l2")
 _PGD_OPTIONS = frozenset({"step_size", "random_start"})
 ATTACKS: dict[str, AttackRow] = {
     "fgsm": AttackRow(_build_fgsm, 1, _BOTH, white_box=True, iterative=False, fixed_steps=1),
-    "pgd": AttackRow(_build_pgd(objectives.cross_entropy), 20, _BOTH, True, True, _PGD_OPTIONS),
-    "pgd_margin": AttackRow(_build_pgd(objectives.margin), 20, _BOTH, True, True, _PGD_OPTIONS),
+    "pgd": AttackRow(_build_pgd("cross_entropy"), 20, _BOTH, True, True, _PGD_OPTIONS),
+    "pgd_margin": AttackRow(_build_pgd("margin"), 20, _BOTH, True, True, _PGD_OPTIONS),
     "apgd_ce": AttackRow(_build_apgd_ce, 100, _BOTH, True, True),
     "apgd_t": AttackRow(_build_apgd_t, 100, _BOTH, True, True, frozenset({"n_target_classes"})),
     "fab_t": AttackRow(_build_fab_t, 100, _BOTH, True, True, frozenset({"n_target_classes"})),

@@ -24,12 +24,16 @@ from __future__ import annotations
 import dataclasses
 import math
 
-import tensorflow as tf
-
-from tfrobust import losses, rng
-from tfrobust.attacks import ball, gradients, langevin
+from tfrobust.lazy import lazy_import
 from tfrobust.methods.base import LossOutput, Method
 from tfrobust.settings import setting
+
+tf = lazy_import("tensorflow")
+losses = lazy_import("tfrobust.losses")
+rng = lazy_import("tfrobust.rng")
+ball = lazy_import("tfrobust.attacks.ball")
+gradients = lazy_import("tfrobust.attacks.gradients")
+langevin = lazy_import("tfrobust.attacks.langevin")
 
 PROJECTIONS = ("every", "last", "never")
 STARTS = ("corner", "none")

@@ -12,14 +12,20 @@ from __future__ import annotations
 import abc
 import dataclasses
 from collections.abc import Callable, Sequence
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-import keras
-import tensorflow as tf
+from tfrobust import settings
+from tfrobust.lazy import lazy_import
 
-from tfrobust import losses, settings
-from tfrobust.attacks import ball, pgd
-from tfrobust.attacks.objectives import LogitsFn
+if TYPE_CHECKING:
+    from tfrobust.attacks.objectives import LogitsFn
+
+# Imported on first use: the hyperparameter dataclasses (and the flags made from them) need no TensorFlow.
+keras = lazy_import("keras")
+tf = lazy_import("tensorflow")
+losses = lazy_import("tfrobust.losses")
+ball = lazy_import("tfrobust.attacks.ball")
+pgd = lazy_import("tfrobust.attacks.pgd")
 
 # The model's batch-norm (and dropout) mode while attacking: Keras `training=True` or `False`.
 BN_MODES = ("train", "eval")
@@ -90,14 +96,14 @@ class StepContext:
 # differentiate(loss_fn, regularize[, inputs]) -> (LossOutput, gradients of the scaled loss w.r.t.
 # the classifier's trainable variables, then w.r.t. each tensor of `inputs` if given). `regularize`
 # adds weight decay; a method must ask for it exactly once per step.
-Differentiate = Callable[[Callable[[], LossOutput], bool], tuple[LossOutput, Sequence[tf.Tensor]]]
+Differentiate = Callable[[Callable[[], LossOutput], bool], tuple[LossOutput, Sequence["tf.Tensor"]]]
 
 
 @dataclasses.dataclass(frozen=True)
 class Method(abc.ABC):
     """Base class: subclasses are frozen dataclasses whose fields are their hyperparameters."""
 
-    attack: AttackConfig = AttackConfig()
+    attack: AttackConfig = dataclasses.field(default_factory=AttackConfig)  # built on use: its check imports TF
 
     name: ClassVar[str]
     term_names: ClassVar[tuple[str, ...]]

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 
-from tfrobust import losses
+from tfrobust.lazy import lazy_import
 from tfrobust.methods.base import LossOutput, Method
 from tfrobust.settings import setting
+
+losses = lazy_import("tfrobust.losses")
 
 
 @dataclasses.dataclass(frozen=True)

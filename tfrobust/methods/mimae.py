@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import dataclasses
 
-import tensorflow as tf
-
-from tfrobust import distribute, losses
+from tfrobust.lazy import lazy_import
 from tfrobust.methods.base import LossOutput, Method
 from tfrobust.settings import setting
+
+tf = lazy_import("tensorflow")
+distribute = lazy_import("tfrobust.distribute")
+losses = lazy_import("tfrobust.losses")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import dataclasses
 
-import tensorflow as tf
-
-from tfrobust import losses
-from tfrobust.attacks import ball, pgd
+from tfrobust.lazy import lazy_import
 from tfrobust.methods.base import LossOutput, Method
 from tfrobust.settings import setting
+
+tf = lazy_import("tensorflow")
+losses = lazy_import("tfrobust.losses")
+ball = lazy_import("tfrobust.attacks.ball")
+pgd = lazy_import("tfrobust.attacks.pgd")
 
 
 @dataclasses.dataclass(frozen=True)

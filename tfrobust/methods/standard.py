@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 
-from tfrobust import losses
+from tfrobust.lazy import lazy_import
 from tfrobust.methods.base import LossOutput, Method
+
+losses = lazy_import("tfrobust.losses")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import dataclasses
 
-from tfrobust import losses
-from tfrobust.attacks import objectives
+from tfrobust.lazy import lazy_import
 from tfrobust.methods.base import LossOutput, Method
 from tfrobust.settings import setting
+
+losses = lazy_import("tfrobust.losses")
+objectives = lazy_import("tfrobust.attacks.objectives")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,58 +10,75 @@ Every model built here is a functional ``keras.Model`` that
 * uses PyTorch-default BatchNorm (momentum 0.9 in Keras terms, eps 1e-5) and
   has no weight regularizers (the trainer applies weight decay).
 
-Architectures: the rows of :data:`ARCHITECTURES`, one per name (builder, smallest input, one
-line; each module's docstring names its reference). Adding one is a module and a row.
+Architectures: the rows of :data:`ARCHITECTURES`, one per name (module, builder, one line; each
+module defines its smallest input and its docstring names its reference). Adding one is a module and
+a row. The table imports no Keras: a builder's module is imported when the row is first built.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from collections.abc import Callable
+from types import ModuleType
 
-import keras
+from tfrobust.lazy import lazy_import
 
-from . import lenet5, resnet, small_cnn, tiny, wide_resnet
-from ._common import (
-    ModelError,
-    check_input_shape,
-    check_mean_std,
-    check_min_size,
-    check_num_classes,
-)
+# Imported on first use: the table's names (the --model flag's choices) need no Keras.
+keras = lazy_import("keras")
+_common = lazy_import("tfrobust.models._common")
 
 __all__ = ["ARCHITECTURES", "MIN_INPUT_SIZES", "MODEL_NAMES", "Architecture", "ModelError", "build_model"]
 
 
 @dataclasses.dataclass(frozen=True)
 class Architecture:
-    """One row of the table: how to build an architecture and what it accepts."""
+    """One row of the table: how to build an architecture and what it accepts. The row names its
+    module (under tfrobust.models) and functions; the module is imported when first used."""
 
-    build: Callable[..., keras.Model]  # build(input_shape, num_classes, *, mean, std, **options)
-    min_input_size: int  # smallest accepted height and width
+    module: str  # builder module, e.g. "tiny"; it defines MIN_INPUT_SIZE, the smallest height and width
+    builder: str  # build(input_shape, num_classes, *, mean, std, **options) in that module
     description: str
     options: tuple[str, ...] = ()  # keyword arguments of `build_model` this builder also takes
-    check_options: Callable[..., None] | None = None  # raises ModelError on bad options
+    checker: str | None = None  # check(**options) in that module, raises ModelError on bad options
+
+    def _module(self) -> ModuleType:
+        return importlib.import_module(f"tfrobust.models.{self.module}")
+
+    @property
+    def build(self) -> Callable[..., keras.Model]:
+        return getattr(self._module(), self.builder)
+
+    @property
+    def min_input_size(self) -> int:
+        return self._module().MIN_INPUT_SIZE
+
+    @property
+    def check_options(self) -> Callable[..., None] | None:
+        return getattr(self._module(), self.checker) if self.checker else None
 
 
 ARCHITECTURES: dict[str, Architecture] = {
-    "tiny_cnn": Architecture(tiny.build_tiny_cnn, tiny.MIN_INPUT_SIZE, "small fast CNN for 8x8 digits"),
-    "small_cnn": Architecture(small_cnn.build_small_cnn, small_cnn.MIN_INPUT_SIZE, "TRADES MNIST SmallCNN"),
-    "lenet5": Architecture(lenet5.build_lenet5, lenet5.MIN_INPUT_SIZE, "Madry et al. MNIST-challenge CNN"),
-    "resnet18": Architecture(resnet.build_resnet18, resnet.MIN_INPUT_SIZE,
-                             "CIFAR ResNet-18 of kuangliu/pytorch-cifar"),
-    "preact_resnet18": Architecture(resnet.build_preact_resnet18, resnet.MIN_INPUT_SIZE,
-                                    "CIFAR PreAct ResNet-18"),
-    "wide_resnet": Architecture(wide_resnet.build_wide_resnet, wide_resnet.MIN_INPUT_SIZE,
-                                "WRN-depth-width of TRADES", options=("depth", "width"),
-                                check_options=wide_resnet.check_depth_width),
+    "tiny_cnn": Architecture("tiny", "build_tiny_cnn", "small fast CNN for 8x8 digits"),
+    "small_cnn": Architecture("small_cnn", "build_small_cnn", "TRADES MNIST SmallCNN"),
+    "lenet5": Architecture("lenet5", "build_lenet5", "Madry et al. MNIST-challenge CNN"),
+    "resnet18": Architecture("resnet", "build_resnet18", "CIFAR ResNet-18 of kuangliu/pytorch-cifar"),
+    "preact_resnet18": Architecture("resnet", "build_preact_resnet18", "CIFAR PreAct ResNet-18"),
+    "wide_resnet": Architecture("wide_resnet", "build_wide_resnet", "WRN-depth-width of TRADES",
+                                options=("depth", "width"), checker="check_depth_width"),
 }
 
 #: Architecture names, in table order.
 MODEL_NAMES: tuple[str, ...] = tuple(ARCHITECTURES)
 
-#: Smallest accepted height/width per architecture.
-MIN_INPUT_SIZES: dict[str, int] = {name: a.min_input_size for name, a in ARCHITECTURES.items()}
+
+def __getattr__(name: str):
+    """MIN_INPUT_SIZES and ModelError, which import the builders (and Keras), on first use."""
+    if name == "MIN_INPUT_SIZES":  # smallest accepted height/width per architecture
+        return {n: a.min_input_size for n, a in ARCHITECTURES.items()}
+    if name == "ModelError":
+        return _common.ModelError
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def build_model(
@@ -104,20 +121,20 @@ def build_model(
             equal to the channel count, ``std <= 0``, or ``num_classes < 2``.
     """
     if name not in ARCHITECTURES:
-        raise ModelError(
+        raise _common.ModelError(
             f"unknown model name {name!r}; accepted: {', '.join(MODEL_NAMES)}"
         )
     arch = ARCHITECTURES[name]
     options = {k: v for k, v in {"depth": depth, "width": width}.items() if k in arch.options}
     # Validate everything before touching the global random state.
-    check_num_classes(num_classes)
+    _common.check_num_classes(num_classes)
     if arch.check_options is not None:
         arch.check_options(**options)
-    shape = check_input_shape(input_shape)
-    check_min_size(name, shape, arch.min_input_size)
-    check_mean_std(mean, std, shape[2])
+    shape = _common.check_input_shape(input_shape)
+    _common.check_min_size(name, shape, arch.min_input_size)
+    _common.check_mean_std(mean, std, shape[2])
     if seed is not None:
         if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ModelError(f"seed must be an integer or None, got {seed!r}")
+            raise _common.ModelError(f"seed must be an integer or None, got {seed!r}")
         keras.utils.set_random_seed(seed)
     return arch.build(shape, num_classes, mean=mean, std=std, **options)
