@@ -13,6 +13,7 @@ import os
 from typing import Any
 
 from tfrobust import settings
+from tfrobust.attacks.ball import NORMS
 from tfrobust.errors import ConfigError
 from tfrobust.settings import setting
 
@@ -21,7 +22,6 @@ LR_SCHEDULES = ("constant", "piecewise", "cosine", "cyclic")
 WEIGHT_AVERAGING = ("none", "ema")
 MIXED_PRECISION = ("none", "mixed_float16", "mixed_bfloat16")
 DTYPES = ("float32", "float64")
-NORMS = ("linf", "l2")
 VERBOSITY = (0, 1, 2)
 # Attacks longer than this are almost always a typo; --allow_expensive lets them run.
 EXPENSIVE_ATTACK_STEPS = 1000
@@ -229,3 +229,19 @@ def validate(config: TrainConfig) -> None:
     for spec in settings.specs(methods.get(config.method)):  # each against its `setting`, as the method does
         message = settings.problem(spec, config.method_options.get(spec.name, spec.default))
         need(message is None, f"method {config.method}: {message}")
+    try:  # the method's own rules on the attack (e.g. ATENT's steps >= 1), still without TensorFlow
+        methods.build(config.method, attack_config(config), config.method_options)
+    except ValueError as e:
+        raise ConfigError(f"method {config.method}: {e}") from None
+
+
+def attack_config(config: TrainConfig):
+    """The training attack (a `methods.AttackConfig`); batch-norm mode 'auto' takes the method's
+    reference mode."""
+    from tfrobust import methods
+
+    bn_mode = config.attack_bn_mode
+    if bn_mode == "auto":
+        bn_mode = methods.get(config.method).reference_bn_mode
+    return methods.AttackConfig(eps=config.eps, step_size=config.step_size, steps=config.attack_steps,
+                                norm=config.norm, bn_mode=bn_mode)

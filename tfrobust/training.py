@@ -35,7 +35,7 @@ from tfrobust import (
 )
 from tfrobust import callbacks as callbacks_lib
 from tfrobust import config as config_lib
-from tfrobust.config import TrainConfig, validate
+from tfrobust.config import TrainConfig, attack_config, validate
 from tfrobust.errors import ConfigError, RunWriteError
 from tfrobust.methods.base import AttackConfig
 from tfrobust.robust_model import RobustModel, default_eval_attack, method_config
@@ -113,15 +113,6 @@ def build_optimizer(config: TrainConfig, steps_per_epoch: int) -> keras.optimize
     return keras.optimizers.SGD(lr, momentum=config.momentum, nesterov=config.nesterov)
 
 
-def attack_config(config: TrainConfig) -> AttackConfig:
-    """The training attack; batch-norm mode 'auto' takes the method's reference mode."""
-    bn_mode = config.attack_bn_mode
-    if bn_mode == "auto":
-        bn_mode = methods.get(config.method).reference_bn_mode
-    return AttackConfig(eps=config.eps, step_size=config.step_size, steps=config.attack_steps,
-                        norm=config.norm, bn_mode=bn_mode)
-
-
 def _verbosity(config: TrainConfig) -> int | str:
     return "auto" if config.verbose is None else config.verbose
 
@@ -130,10 +121,7 @@ def train(config: TrainConfig, extra_callbacks: Sequence[keras.callbacks.Callbac
     """Run (or continue) the training run `config` describes. Raises ConfigError or DataError on
     bad input before anything in an existing run directory is changed."""
     validate(config)
-    try:  # the method checks its hyperparameters: before anything is loaded or written
-        method = methods.build(config.method, attack_config(config), config.method_options)
-    except ValueError as e:
-        raise ConfigError(f"method {config.method}: {e}") from None
+    method = methods.build(config.method, attack_config(config), config.method_options)  # validated above
     # The strategy first: MultiWorkerMirroredStrategy must exist before any other TensorFlow op.
     try:
         strategy = distribute.make_strategy(config.strategy)

@@ -7,12 +7,15 @@ Pure, traceable functions; eps may be a Python number, a scalar tensor or a per-
 
 from __future__ import annotations
 
-import keras
-import tensorflow as tf
+from tfrobust.lazy import lazy_import
 
-from tfrobust import rng
+# Imported on first use: the norm names and `check_norm` are read while flags are checked,
+# before TensorFlow is imported (tfrobust.lazy).
+keras = lazy_import("keras")
+tf = lazy_import("tensorflow")
+rng = lazy_import("tfrobust.rng")
 
-NORMS = ("linf", "l2")
+NORMS = ("linf", "l2")  # the threat models; config.NORMS is this tuple
 RANDOM_STARTS = ("uniform", "normal", "corner", "none")
 _TINY = 1e-12
 
