@@ -32,6 +32,10 @@ def config_from_flags() -> TrainConfig:
     if foreign:
         raise ConfigError(f"method {FLAGS.method} does not take --{', --'.join(foreign)}; "
                           f"it takes {['--' + n for n in wanted] or 'no method flags'}")
+    fixed = methods.get(FLAGS.method).fixed_steps
+    if FLAGS["attack_steps"].present and fixed is not None and FLAGS.attack_steps != fixed:
+        raise ConfigError(f"method {FLAGS.method} always takes {fixed} attack step(s); --attack_steps="
+                          f"{FLAGS.attack_steps} would be ignored: drop it")
     values["method_options"] = cli.values_from_flags(methods.get(FLAGS.method), names=wanted)
     config = TrainConfig(**values)
     validate(config)

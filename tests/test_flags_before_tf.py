@@ -29,6 +29,7 @@ TRAIN_CASES = [
     ("beta not a number", ["--method=trades", "--beta=abc"], "--beta"),
     ("foreign method flag", ["--method=pgd_at", "--beta=1"], "does not take --beta"),
     ("atent alpha 5", ["--method=atent", "--alpha=5"], "alpha must be > 0 and <= 1"),
+    ("steps for a single-step method", ["--method=fgsm_rs", "--attack_steps=10"], "always takes 1 attack step(s)"),
     ("atent without steps", ["--method=atent", "--attack_steps=0"], "at least one Langevin step"),
     ("atent shared pass in eval mode", ["--method=atent", "--atent_shared_forward=true", "--attack_bn_mode=eval"],
      "needs the attack in train mode"),

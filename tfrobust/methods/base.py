@@ -110,6 +110,10 @@ class Method(abc.ABC):
     # The model's mode while attacking in the reference implementation, one of BN_MODES
     # (what --attack_bn_mode=auto takes).
     reference_bn_mode: ClassVar[str] = "eval"
+    # The number of attack steps the method always takes, whatever `attack.steps` says (standard
+    # training 0, the single-step methods 1), or None: it takes `attack.steps`. The runner refuses
+    # another --attack_steps for such a method rather than ignore it.
+    fixed_steps: ClassVar[int | None] = None
 
     def __post_init__(self):
         settings.check(self)  # each hyperparameter against its `setting` metadata

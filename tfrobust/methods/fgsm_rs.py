@@ -39,6 +39,7 @@ class FgsmRs(Method):
                                "(CIFAR-10 reference: true; MNIST reference: false).")
 
     name = "fgsm_rs"
+    fixed_steps = 1
     reference_bn_mode = "train"  # model.train() for the whole epoch in both reference scripts
     term_names = ("adv_ce",)
 

@@ -41,6 +41,7 @@ class NFgsm(Method):
                                 "(0: no projection, the reference's default).", low=0)
 
     name = "n_fgsm"
+    fixed_steps = 1
     reference_bn_mode = "train"  # model.train() throughout the reference's training loop
     term_names = ("adv_ce",)
 

@@ -13,6 +13,7 @@ losses = lazy_import("tfrobust.losses")
 @dataclasses.dataclass(frozen=True)
 class Standard(Method):
     name = "standard"
+    fixed_steps = 0
     term_names = ("ce",)
 
     def loss(self, ctx, x, y, x_adv):
