@@ -192,8 +192,8 @@ def test_square_widens_half_precision_logits(digits):
 
 
 def test_fab_t_and_square_through_the_evaluation_in_float64(float64):
-    """robust_accuracy with FAB-T and Square (few steps) on a float64 Keras model: a report whose
-    adversarial examples are float64, within eps and [0, 1], and accuracies no higher than clean."""
+    """robust_accuracy with FAB-T and Square (few steps) and the sanity checks on a float64 Keras model:
+    a report whose adversarial examples are float64, within eps and [0, 1], and accuracies below clean."""
     from tfrobust.evaluation import AttackSpec, robust_accuracy
 
     x_train, y_train, x_test, y_test = digits_arrays()
@@ -202,8 +202,7 @@ def test_fab_t_and_square_through_the_evaluation_in_float64(float64):
     net.compile(keras.optimizers.Adam(1e-2), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     net.fit(x_train.astype(np.float64), y_train, epochs=5, batch_size=64, verbose=0)
     attacks = [AttackSpec("fab_t", steps=10, n_target_classes=3), AttackSpec("square", steps=100)]
-    report = robust_accuracy(net, (x_test, y_test), attacks=attacks, eps_values=[0.1], limit=64, checks=None,
-                             keep_adversarial=True)
+    report = robust_accuracy(net, (x_test, y_test), attacks=attacks, eps_values=[0.1], limit=64, keep_adversarial=True)
     x = x_test[:64].astype(np.float64)
     print("clean", report.clean_accuracy, report.accuracy)
     assert report.clean_accuracy > 0.7
@@ -212,3 +211,6 @@ def test_fab_t_and_square_through_the_evaluation_in_float64(float64):
         assert np.abs(adversarial[0] - x).max() <= 0.1 + 1e-15
         assert 0 <= adversarial.min() <= adversarial.max() <= 1
         assert report.accuracy[label][0] < report.clean_accuracy
+    # the sanity checks ran in float64 too, but for cleverhans' PGD, which computes in float32 only
+    assert "cleverhans_agreement" not in report.checks_run and len(report.checks_run) >= 8
+    assert "float32 only" in report.checks_skipped["cleverhans_agreement"]
