@@ -1,5 +1,6 @@
 """Shared fixtures: scikit-learn's digits as ready arrays, and a small seeded classifier."""
 
+import contextlib
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -20,6 +21,27 @@ def script(name: str) -> str:
     path = os.path.join(SCRIPTS, name)
     assert os.path.isfile(path), path
     return path
+
+
+@contextlib.contextmanager
+def floatx(name: str):
+    """keras.config.floatx() and the dtype policy set to `name` inside the block, both restored after
+    (as a float64 run of train() sets and restores them)."""
+    saved = keras.config.floatx(), keras.mixed_precision.global_policy()
+    keras.config.set_floatx(name)
+    keras.mixed_precision.set_global_policy(name)
+    try:
+        yield
+    finally:
+        keras.config.set_floatx(saved[0])
+        keras.mixed_precision.set_global_policy(saved[1])
+
+
+@pytest.fixture
+def float64():
+    """The test runs under floatx float64."""
+    with floatx("float64"):
+        yield
 
 
 @pytest.fixture(scope="session")

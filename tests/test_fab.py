@@ -12,7 +12,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import digits_logits
+from conftest import digits_logits, floatx
 
 from tfrobust.attacks.fab import fab_targeted, project_l2, project_linf
 
@@ -94,8 +94,8 @@ def _linear_problem(num_classes=10, n=40, seed=0):
             dist = np.where(k == y, dist, np.minimum(dist, gap / np.maximum(wd, 1e-12)))
         return dist
 
-    def logits_fn(v):
-        return tf.matmul(tf.reshape(v, [-1, dim]), weights) + bias
+    def logits_fn(v):  # in v's dtype (the weights are float32 numbers, exact in float64)
+        return tf.matmul(tf.reshape(v, [-1, dim]), tf.constant(weights, v.dtype)) + tf.constant(bias, v.dtype)
 
     return logits_fn, tf.constant(x), tf.constant(y), least_distance
 
@@ -171,3 +171,89 @@ def test_restarts_and_compaction_give_valid_results(digits):
     # the first run of each target starts at x and is deterministic: compacting changes nothing there
     errors = [np.sum(np.argmax(logits_fn(o).numpy(), 1) != y.numpy()) for o in outs]
     assert abs(errors[0] - errors[1]) <= 3
+
+
+# -- float64 end to end, and mixed precision --------------------------------------------------------
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_projections_in_float64_are_exact_to_float64(norm):
+    """float64 points, normals and offsets (not float32 numbers): the projections return float64 and
+    agree with the float64 solver to 1e-10; a float32 step anywhere inside would miss by ~1e-8."""
+    rng = np.random.default_rng(1)
+    n, dim = 48, 40
+    t = rng.uniform(0, 1, (n, dim))
+    t[:, :8] = np.round(t[:, :8])
+    w = rng.normal(size=(n, dim))
+    b = np.sum(w * t, 1) + rng.normal(size=n) * np.concatenate([np.full(16, 0.2), np.full(16, 3.0), np.full(16, 40.0)])
+    project = project_linf if norm == "linf" else project_l2
+    d = project(tf.constant(t), tf.constant(w), tf.constant(b))
+    assert d.dtype == tf.float64
+    np.testing.assert_allclose(d.numpy(), _solve_by_bisection(t, w, b, norm), rtol=0, atol=1e-10)
+
+
+def _tiny_margin_problem(norm, distance=1e-9, n=16, seed=0):
+    """Two classes on 4x4x2 float64 inputs, logits (1, 1 + g(v)), g linear, every example at
+    `distance` (in `norm`) from the boundary g = 0, on the class-0 side. x lies off the float32 grid
+    and the logits sit at 1, so a float32 cast of the images (spacing 6e-8 near 0.5) or of the
+    logits (spacing 1.2e-7 near 1) cannot see the boundary."""
+    rng = np.random.default_rng(seed)
+    w = rng.normal(size=32)
+    dual = np.abs(w).sum() if norm == "linf" else np.sqrt((w ** 2).sum())
+    offset = 0.5 * w.sum()  # g(v) = <v, w> - offset is 0 at the box centre
+    x = rng.uniform(0.4, 0.6, (n, 32))
+    # move each x along w so that g(x) = -distance ||w||_dual (in float64)
+    x -= ((x @ w - offset + distance * dual) / (w @ w))[:, None] * w[None, :]
+    assert x.min() > 0.1 and x.max() < 0.9
+
+    def logits_fn(v):
+        g = tf.reshape(v, [-1, 32]) @ tf.constant(w[:, None], v.dtype) - offset
+        return tf.concat([tf.ones_like(g), 1.0 + g], axis=1)
+
+    return logits_fn, tf.constant(x.reshape(n, 4, 4, 2)), tf.zeros([n], tf.int32)
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_fab_t_in_float64_finds_a_boundary_below_float32_resolution(float64, norm):
+    """Every example is 1e-9 from the boundary and eps is 1e-8: in float64 FAB-T fools all of them
+    within eps; a float32 round trip of the images, the iterate or the logits fools none (mutations
+    tried by hand; the projections' float64 accuracy is the test above)."""
+    logits_fn, x, y = _tiny_margin_problem(norm)
+    assert np.all(np.argmax(logits_fn(x).numpy(), 1) == 0)
+    x_adv = compiled(fab_targeted, logits_fn, x, y, eps=1e-8, norm=norm, n_iter=5)
+    assert x_adv.dtype == tf.float64
+    x_adv = x_adv.numpy()
+    assert x_adv.min() >= 0.0 and x_adv.max() <= 1.0
+    assert np.all(np.argmax(logits_fn(tf.constant(x_adv)).numpy(), 1) == 1)
+    found = _norms(x_adv - x.numpy(), norm)
+    assert np.all(found <= 1e-8) and np.all(found >= 1e-9 * (1 - 1e-6)), found
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_fab_t_fools_the_same_examples_in_float64_and_float32(norm):
+    """The linear problem with eps 1.1 x the least distance for even examples and 0.9 x for odd
+    ones: float32 and float64 runs (same weights) fool exactly the even ones."""
+    logits_fn, x, y, least_distance = _linear_problem(n=20)
+    dist = least_distance(norm)
+    scale = np.where(np.arange(len(dist)) % 2 == 0, 1.1, 0.9)
+    fooled = {}
+    for dtype in ("float32", "float64"):
+        with floatx(dtype):
+            x_d = tf.cast(x, dtype)
+            x_adv = compiled(fab_targeted, logits_fn, x_d, y, eps=tf.constant(scale * dist, dtype), norm=norm)
+            assert x_adv.dtype == dtype
+            fooled[dtype] = np.argmax(logits_fn(x_adv).numpy(), 1) != y.numpy()
+    np.testing.assert_array_equal(fooled["float32"], np.arange(len(dist)) % 2 == 0)
+    np.testing.assert_array_equal(fooled["float64"], fooled["float32"])
+
+
+def test_fab_t_widens_half_precision_logits(digits):
+    """A model whose logits are float16 (mixed precision): the attack runs in its images' float32."""
+    logits_fn, x, y = digits
+
+    def half(v):
+        return tf.cast(logits_fn(v), tf.float16)
+
+    x_adv = compiled(fab_targeted, half, x, y, eps=0.1, n_iter=10, n_target_classes=2)
+    assert x_adv.dtype == tf.float32
+    assert np.all(np.abs(x_adv.numpy() - x.numpy()).max(axis=(1, 2, 3)) <= 0.1 + 1e-6)
+    assert np.mean(np.argmax(half(x_adv).numpy(), 1) != y.numpy()) > np.mean(np.argmax(half(x).numpy(), 1) != y.numpy())

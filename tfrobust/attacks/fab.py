@@ -33,9 +33,9 @@ import tensorflow as tf
 
 from tfrobust import rng
 from tfrobust.attacks.apgd import _runs
-from tfrobust.attacks.ball import check_norm
+from tfrobust.attacks.ball import as_images, check_norm, like
 from tfrobust.attacks.gradients import input_gradient
-from tfrobust.attacks.objectives import LogitsFn
+from tfrobust.attacks.objectives import LogitsFn, logits_in
 from tfrobust.attacks.subbatch import gather_examples, misclassified
 
 _BIG = 1e12  # `fab_projections.py`'s stand-in for "this coordinate never reaches the box"
@@ -70,7 +70,8 @@ def project_linf(t: tf.Tensor, w: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
     """
     n_features = t.shape[1]
     rows = tf.shape(t)[0]
-    flip = tf.where(tf.reduce_sum(w * t, axis=1) - b >= 0.0, 1.0, -1.0)
+    one = tf.ones_like(b)  # +-1 in t's dtype (a bare 1.0 would be a float32 constant)
+    flip = tf.where(tf.reduce_sum(w * t, axis=1) - b >= 0.0, one, -one)
     w, b = w * flip[:, None], b * flip
     a = tf.cast(w < 0.0, t.dtype)  # 1: move up to 1, 0: move down to 0
     nonzero = tf.cast(tf.not_equal(w, 0.0), t.dtype)
@@ -115,17 +116,17 @@ def project_l2(t: tf.Tensor, w: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
     n_features = t.shape[1]
     rows = tf.shape(t)[0]
     c = tf.reduce_sum(w * t, axis=1) - b
-    flip = tf.where(c >= 0.0, 1.0, -1.0)
+    flip = tf.where(c >= 0.0, tf.ones_like(c), -tf.ones_like(c))
     w, c = w * flip[:, None], c * flip
     moves = tf.abs(w) > 1e-8
     r = tf.clip_by_value(tf.maximum(t / w, (t - 1.0) / w), -_BIG, _BIG)
     r = tf.where(moves, r, _BIG)
-    r = tf.where(tf.equal(r, -_BIG), _BIG, r)
+    r = tf.where(tf.equal(r, -_BIG), tf.constant(_BIG, r.dtype), r)
     order = tf.argsort(r, axis=1)
     rs = tf.gather(r, order, batch_dims=1)
     rs2 = tf.concat([rs[:, 1:], tf.zeros_like(rs[:, :1])], axis=1)
-    rs = tf.where(tf.equal(rs, _BIG), 0.0, rs)
-    rs2 = tf.where(tf.equal(rs2, _BIG), 0.0, rs2)
+    rs = tf.where(tf.equal(rs, _BIG), tf.zeros_like(rs), rs)
+    rs2 = tf.where(tf.equal(rs2, _BIG), tf.zeros_like(rs2), rs2)
     w_sq = tf.gather(tf.square(w), order, batch_dims=1)
     w5 = tf.reduce_sum(w_sq, axis=1, keepdims=True)
     ws = w5 - tf.cumsum(w_sq, axis=1)
@@ -139,7 +140,8 @@ def project_l2(t: tf.Tensor, w: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
 
     d_free = -(c / w5[:, 0])[:, None] * w
     ws_lb = _at(ws, lb)
-    alpha = tf.where(tf.equal(ws_lb, 0.0), 0.0, (_at(s, lb) + c) / ws_lb + _at(rs, lb))[:, None]
+    zero = tf.zeros_like(ws_lb)
+    alpha = tf.where(tf.equal(ws_lb, 0.0), zero, (_at(s, lb) + c) / ws_lb + _at(rs, lb))[:, None]
     d_some = tf.where(alpha > r, d, -alpha * w)
     d = tf.where(free[:, None], d_free, tf.where(some[:, None], d_some, d))
     return tf.where(moves, d, 0.0)
@@ -181,7 +183,7 @@ def fab_run(
     project = project_linf if norm == "linf" else project_l2
 
     def objective(logits, labels):
-        logits = tf.cast(logits, tf.float32)
+        logits = logits_in(logits, x.dtype)
         return _at(logits, target) - _at(logits, labels)  # z_t - z_y
 
     x1 = x0
@@ -217,7 +219,7 @@ def fab_run(
         x1 = tf.where(is_adv[:, None], x0 + (x1 - x0) * beta, x1)
         return i + 1, x1, adv, best
 
-    best = tf.fill([rows], tf.constant(float("inf"), tf.float32))
+    best = tf.fill([rows], tf.constant(float("inf"), x.dtype))
     _, _, adv, best = tf.while_loop(lambda i, *_: i < n_iter, body, (tf.constant(0), x1, x0, best))
     return tf.stop_gradient(tf.reshape(adv, shape)), best
 
@@ -253,16 +255,16 @@ def fab_targeted(
         raise ValueError("n_iter, restarts and n_target_classes must be >= 1")
     if x.shape.rank is None or None in x.shape[1:]:
         raise ValueError(f"FAB needs inputs with a static shape after the batch axis, got {x.shape}")
-    x = tf.convert_to_tensor(x, tf.float32)
+    x = as_images(x)
     y = tf.cast(y, tf.int32)
-    eps_b = tf.broadcast_to(tf.reshape(tf.cast(eps, tf.float32), [-1]), tf.shape(y))  # [B]
+    eps_b = tf.broadcast_to(tf.reshape(like(eps, x), [-1]), tf.shape(y))  # [B]
     seed = rng.as_seed(seed)
-    clean_logits = tf.stop_gradient(tf.cast(logits_fn(x), tf.float32))
+    clean_logits = tf.stop_gradient(logits_in(logits_fn(x), x.dtype))
     num_classes = clean_logits.shape[-1]
     if num_classes is None or num_classes < 2:
         raise ValueError(f"FAB-T needs a static number of classes >= 2, got {num_classes}")
     n_targets = min(int(n_target_classes), num_classes - 1)
-    others = tf.where(tf.one_hot(y, num_classes) > 0.5, -float("inf"), clean_logits)
+    others = tf.where(tf.one_hot(y, num_classes) > 0.5, tf.constant(-float("inf"), x.dtype), clean_logits)
     targets = tf.math.top_k(others, k=n_targets).indices  # [B, n_targets], highest first
     restarts = int(restarts)
 

@@ -23,6 +23,14 @@ Objective = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
 cross_entropy: Objective = losses.cross_entropy
 
 
+def logits_in(logits: tf.Tensor, dtype: tf.DType) -> tf.Tensor:
+    """`logits` in the dtype an attack computes in (its images' dtype): a float16/bfloat16 model under
+    mixed precision, or a float32 model fed float64 images, gives narrower logits, widened here
+    exactly; logits already in `dtype` are returned as they are. FAB-T and Square cast nothing else."""
+    logits = tf.convert_to_tensor(logits)
+    return logits if logits.dtype == dtype else tf.cast(logits, dtype)
+
+
 def margin(logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
     """Carlini-Wagner margin max_{k != y} z_k - z_y per example (positive when misclassified)."""
     logits = losses.as_float(logits)

@@ -45,7 +45,7 @@ import tensorflow as tf
 from tfrobust import rng
 from tfrobust.attacks import objectives
 from tfrobust.attacks.apgd import _runs
-from tfrobust.attacks.ball import check_norm, per_example, project
+from tfrobust.attacks.ball import as_images, check_norm, per_example, project
 from tfrobust.attacks.objectives import LogitsFn
 from tfrobust.attacks.subbatch import examples_to_attack, gather_examples, misclassified, scatter_examples
 
@@ -64,8 +64,9 @@ def p_halvings(iteration: tf.Tensor, n_queries: int = 10_000, rescale: bool = Fa
 
 def p_selection(p_init: float, iteration: tf.Tensor, n_queries: int = 10_000,
                 rescale: bool = False) -> tf.Tensor:
-    """The fraction of the image a window covers at `iteration`: p_init / 2^halvings."""
-    return p_init / tf.pow(2.0, tf.cast(p_halvings(iteration, n_queries, rescale), tf.float32))
+    """The fraction of the image a window covers at `iteration`: p_init / 2^halvings (float64, exact)."""
+    halvings = tf.cast(p_halvings(iteration, n_queries, rescale), tf.float64)
+    return p_init / tf.pow(tf.constant(2.0, tf.float64), halvings)
 
 
 def window_sides(p_init: float, height: int, width: int, channels: int, norm: str) -> list[int]:
@@ -110,7 +111,7 @@ def _placed(pattern: np.ndarray, top: int, left: int, height: int, width: int) -
 
 
 def _l2_init_blocks(height: int, width: int) -> np.ndarray:
-    """[blocks, 2, H, W]: the reference's l2 starting grid, each block as eta(s0) and transposed
+    """[blocks, 2, H, W] float64: the reference's l2 starting grid, each block as eta(s0) and transposed
     (a block reaching past the image is cut, where the reference would fail to broadcast)."""
     s = height // 5
     start = (height - 5 * s) // 2
@@ -120,18 +121,27 @@ def _l2_init_blocks(height: int, width: int) -> np.ndarray:
         for bj in range(width // s):
             top, left = start + bi * s, start + bj * s
             blocks.append([_placed(p, top, left, height, width) for p in (pattern, pattern.T)])
-    return np.asarray(blocks, np.float32)
+    return np.asarray(blocks, np.float64)
 
 
-def _signs(seed: tf.Tensor, shape) -> tf.Tensor:
-    """sign(2u - 1), u uniform in [0, 1): the reference's `random_choice` (0 only if u = 1/2 exactly)."""
-    return tf.sign(2.0 * tf.random.stateless_uniform(shape, seed) - 1.0)
+# The random draws that make discrete choices (signs, window corners, pattern orientations) are
+# float32 uniforms whatever dtype the attack computes in: a float64 stateless draw is another
+# stream (other signs, other windows), so keeping them float32 keeps float32 runs exactly as they
+# were and makes a float64 run try the same candidates as the float32 run of the same seed. Their
+# results (+-1, integer corners, booleans) are exact in any dtype, so no precision is lost.
+_DRAW_DTYPE = tf.float32
+
+
+def _signs(seed: tf.Tensor, shape, dtype: tf.DType) -> tf.Tensor:
+    """sign(2u - 1) in `dtype`, u uniform in [0, 1) (drawn in `_DRAW_DTYPE`): the reference's
+    `random_choice` (0 only if u = 1/2 exactly)."""
+    return tf.cast(tf.sign(2.0 * tf.random.stateless_uniform(shape, seed, dtype=_DRAW_DTYPE) - 1.0), dtype)
 
 
 def _corner(seed: tf.Tensor, extent: int, side: tf.Tensor) -> tf.Tensor:
     """floor(u (extent - side)): the reference's `random_int(0, extent - side)`, one per batch."""
-    u = tf.random.stateless_uniform([], seed)
-    return tf.cast(tf.floor(u * tf.cast(extent - side, tf.float32)), tf.int32)
+    u = tf.random.stateless_uniform([], seed, dtype=_DRAW_DTYPE)
+    return tf.cast(tf.floor(u * tf.cast(extent - side, _DRAW_DTYPE)), tf.int32)
 
 
 def _l2_normalize(v: tf.Tensor, axes) -> tf.Tensor:
@@ -172,31 +182,32 @@ def square_run(
     init_seed, loop_seed = tf.unstack(rng.split(seed, 2))
 
     def margin_of(v, labels):
-        return -objectives.margin(logits_fn(v), labels)
+        return -objectives.margin(objectives.logits_in(logits_fn(v), x.dtype), labels)
 
     def window(top, left, side):
         return tf.cast((rows >= top) & (rows < top + side) & (cols >= left) & (cols < left + side), x.dtype)
 
     if norm == "linf":
-        stripes = tf.sign(2.0 * rng.uniform(init_seed, x[:, :1, :, :]) - 1.0)  # [B, 1, W, C]
+        draws = rng.uniform(init_seed, tf.zeros(tf.shape(x[:, :1, :, :]), _DRAW_DTYPE))
+        stripes = tf.cast(tf.sign(2.0 * draws - 1.0), x.dtype)  # [B, 1, W, C]
         x_best = tf.clip_by_value(x + eps * stripes, clip_min, clip_max)
     else:
-        blocks = tf.constant(_l2_init_blocks(height, width))  # [K, 2, H, W]
+        blocks = tf.constant(_l2_init_blocks(height, width), x.dtype)  # [K, 2, H, W]
         orient_seed, sign_seed = tf.unstack(rng.split(init_seed, 2))
-        transposed = tf.random.stateless_uniform([blocks.shape[0]], orient_seed) > 0.5
+        transposed = tf.random.stateless_uniform([blocks.shape[0]], orient_seed, dtype=_DRAW_DTYPE) > 0.5
         chosen = tf.where(transposed[:, None, None], blocks[:, 1], blocks[:, 0])  # [K, H, W]
-        signs = _signs(sign_seed, tf.stack([tf.shape(x)[0], blocks.shape[0], channels]))  # [B, K, C]
+        signs = _signs(sign_seed, tf.stack([tf.shape(x)[0], blocks.shape[0], channels]), x.dtype)  # [B, K, C]
         delta = tf.einsum("nkc,khw->nhwc", signs, chosen)
         x_best = tf.clip_by_value(x + _l2_normalize(delta, [1, 2, 3]) * eps, clip_min, clip_max)
-        etas = np.zeros([len(P_SCHEDULE_POINTS) + 1, 2, height, width], np.float32)
+        etas = np.zeros([len(P_SCHEDULE_POINTS) + 1, 2, height, width], np.float64)
         for k, s in enumerate(window_sides(p_init, height, width, channels, norm)):
             etas[k] = [_placed(p, 0, 0, height, width) for p in (eta(s), eta(s).T)]
-        etas = tf.constant(etas)
+        etas = tf.constant(etas, x.dtype)
     margin_best = margin_of(x_best, y)
 
     def candidate_linf(x_i, x_best_i, eps_i, side, seeds):
         top, left = _corner(seeds[0], height, side), _corner(seeds[1], width, side)
-        new = window(top, left, side) * 2.0 * eps_i * _signs(seeds[2], [1, 1, 1, channels])
+        new = window(top, left, side) * 2.0 * eps_i * _signs(seeds[2], [1, 1, 1, channels], x.dtype)
         return tf.clip_by_value(project(x_best_i + new, x_i, eps_i, "linf"), clip_min, clip_max)
 
     def candidate_l2(x_i, x_best_i, eps_i, k, side, seeds):
@@ -208,11 +219,11 @@ def square_run(
         norm_image = tf.sqrt(tf.reduce_sum(tf.square(delta), axis=[1, 2, 3], keepdims=True))
         norm_windows = tf.sqrt(tf.reduce_sum(tf.square(delta * tf.maximum(w1, w2)), axis=[1, 2],
                                              keepdims=True))
-        transposed = tf.random.stateless_uniform([], seeds[4]) > 0.5
+        transposed = tf.random.stateless_uniform([], seeds[4], dtype=_DRAW_DTYPE) > 0.5
         pattern = tf.gather(etas[k], tf.cast(transposed, tf.int32))
         pattern = tf.roll(pattern, shift=[top, left], axis=[0, 1])[None, :, :, None]  # no wrap: corner <= H - s
         n = tf.shape(x_i)[0]
-        new = pattern * _signs(seeds[5], tf.stack([n, 1, 1, channels])) + delta * w1 / (1e-12 + norm_w1)
+        new = pattern * _signs(seeds[5], tf.stack([n, 1, 1, channels]), x.dtype) + delta * w1 / (1e-12 + norm_w1)
         scale = tf.sqrt(tf.maximum(tf.square(eps_i) - tf.square(norm_image), 0.0) / channels
                         + tf.square(norm_windows))
         new = _l2_normalize(new, [1, 2]) * scale
@@ -274,7 +285,7 @@ def square(
         raise ValueError(f"n_queries and restarts must be >= 1, got {n_queries} and {restarts}")
     if not 0.0 < p_init <= 1.0 or math.isnan(p_init):
         raise ValueError(f"p_init must be in (0, 1], got {p_init}")
-    x = tf.convert_to_tensor(x, tf.float32)
+    x = as_images(x)
     y = tf.cast(y, tf.int32)
     eps_b = per_example(eps, x)
     seed = rng.as_seed(seed)
@@ -287,7 +298,7 @@ def square(
                                compact=compact)
         fooled = misclassified(logits_fn(x_best), y_i)
         x_out = tf.where(fooled[:, None, None, None], x_best, x_i)
-        return x_out, fooled, tf.zeros_like(y_i, tf.float32)
+        return x_out, fooled, tf.zeros_like(y_i, x.dtype)
 
     fooled = misclassified(tf.stop_gradient(logits_fn(x)), y)
     return _runs(run, x, fooled, int(restarts), compare_loss=False, compact=compact)

@@ -273,6 +273,8 @@ def cleverhans_agreement(ctx: Context) -> tuple[bool, str]:
         import cleverhans.tf2.attacks.projected_gradient_descent  # noqa: F401
     except ImportError as err:  # pragma: no cover - cleverhans is a dependency
         raise Skip(f"cleverhans not importable: {err}") from None
+    if ctx.runner.x.dtype != np.float32:  # its fast_gradient_method casts x to float32
+        raise Skip(f"cleverhans computes in float32 only; the images are {ctx.runner.x.dtype}")
     n, eps = ctx.settings.cleverhans_steps, ctx.check_eps
     ours = AttackSpec("pgd", steps=n, random_start=False, label=f"check:pgd-{n}-nostart")
     theirs = AttackSpec("cleverhans_pgd", steps=n, random_start=False, label=f"check:cleverhans_pgd-{n}")
