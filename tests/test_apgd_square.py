@@ -320,3 +320,32 @@ def test_apgd_schedule_details_default_to_the_reference_code(monkeypatch):
     # without checkpoints neither flag matters
     none = _peak_run_with(monkeypatch, [], 8)
     np.testing.assert_array_equal(none, _peak_run_with(monkeypatch, [], 8, strict_rho=True, compare_start=True))
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_apgd_starts_on_the_surface_of_the_ball_as_autoattack(norm, monkeypatch):
+    """AutoAttack's APGD starts at x + eps t / ||t|| (`autopgd_base.py`, attack_single_run): on the
+    ball's surface, not inside it; apgd_run takes its start from there."""
+    from tfrobust.attacks import ball
+
+    starts = []
+    original = ball.random_start
+
+    def recording(x, eps, norm_, kind, seed, **kwargs):
+        out = original(x, eps, norm_, kind, seed, **kwargs)
+        starts.append(kind)
+        return out
+
+    x = tf.fill([64, 4, 4, 1], 0.5)  # eps 0.2 around 0.5: no start is clipped
+    start = ball.random_start(x, 0.2, norm, "sphere", tf.constant([3, 4], tf.int64)) - x
+    flat = tf.reshape(start, [64, -1]).numpy()
+    size = np.abs(flat).max(1) if norm == "linf" else np.sqrt((flat**2).sum(1))
+    np.testing.assert_allclose(size, 0.2, rtol=1e-6)
+    inside = ball.random_start(x, 0.2, norm, "uniform", tf.constant([3, 4], tf.int64)) - x
+    flat = tf.reshape(inside, [64, -1]).numpy()
+    assert (np.abs(flat).max(1) if norm == "linf" else np.sqrt((flat**2).sum(1))).min() < 0.2 * (1 - 1e-3)
+
+    monkeypatch.setattr(ball, "random_start", recording)
+    apgd.apgd_run(lambda z: tf.reshape(z, [64, -1])[:, :3], x, tf.zeros([64], tf.int32), eps=tf.constant(0.2),
+                  steps=2, norm=norm, objective=losses.cross_entropy, seed=tf.constant([5, 6], tf.int64))
+    assert starts == ["sphere"]

@@ -78,7 +78,7 @@ def apgd_run(
     clip_min: float = 0.0,
     clip_max: float = 1.0,
 ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-    """One APGD run from a uniform random start: (adversarial x, misclassified [B], best objective [B]).
+    """One APGD run from AutoAttack's random start (on the ball's surface, `ball.random_start`): (adversarial x, misclassified [B], best objective [B]).
 
     `eps` is already per-example-broadcastable (see `ball.per_example`); `steps` a Python int.
     `strict_rho` and `compare_start`: the paper's condition 1 (`increases < rho * interval`) and an
@@ -94,7 +94,7 @@ def apgd_run(
     def clip(v):
         return tf.clip_by_value(ball.project(v, x, eps, norm), clip_min, clip_max)
 
-    x_adv = clip(ball.random_start(x, eps, norm, "uniform", seed))
+    x_adv = clip(ball.random_start(x, eps, norm, "sphere", seed))  # the reference's start
     grad, loss, logits = gradients.input_gradient(logits_fn, objective, x_adv, y)
     fooled = subbatch.misclassified(logits, y)
     batch_shape = tf.concat([tf.shape(x)[:1], tf.ones([x.shape.rank - 1], tf.int32)], axis=0)
@@ -227,7 +227,7 @@ def apgd(
 ) -> tf.Tensor:
     """Untargeted APGD on cross-entropy ('ce', APGD-CE) or DLR ('dlr', APGD-DLR).
 
-    `restarts` runs from independent uniform random starts; per example the result is a
+    `restarts` runs from independent random starts; per example the result is a
     misclassified point if any run found one, else the highest-loss point over the runs. An
     example the model already misclassifies is returned as it is. `compact`: attack only the
     examples not yet fooled (dynamic shapes; pass False under XLA), see `_runs`.

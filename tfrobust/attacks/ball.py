@@ -16,7 +16,7 @@ tf = lazy_import("tensorflow")
 rng = lazy_import("tfrobust.rng")
 
 NORMS = ("linf", "l2")  # the threat models; config.NORMS is this tuple
-RANDOM_STARTS = ("uniform", "normal", "corner", "none")
+RANDOM_STARTS = ("uniform", "sphere", "normal", "corner", "none")
 _TINY = 1e-12
 
 
@@ -77,12 +77,20 @@ def random_start(
 ) -> tf.Tensor:
     """A starting point near `x`.
 
-    'uniform': uniform in the ball (Madry); 'normal': x + std N(0, I) (TRADES and MART);
-    'corner': an l-inf corner x + eps sign(N(0, I)), or for l2 a Gaussian direction scaled to norm
-    eps (ATENT); 'none': x itself.
+    'uniform': uniform in the ball (Madry); 'sphere': APGD's start in AutoAttack
+    (`autopgd_base.py`, `attack_single_run`), x + eps t / ||t|| with t uniform in [-1, 1] (l-inf)
+    or N(0, I) (l2), on the ball's surface; 'normal': x + std N(0, I) (TRADES and MART); 'corner':
+    an l-inf corner x + eps sign(N(0, I)), or for l2 a Gaussian direction scaled to norm eps
+    (ATENT); 'none': x itself.
     """
     if kind == "none":
         return x
+    if kind == "sphere":
+        t = rng.uniform(seed, x, -1.0, 1.0) if norm == "linf" else rng.normal(seed, x)
+        axes = list(range(1, x.shape.rank))
+        size = (tf.reduce_max(tf.abs(t), axis=axes, keepdims=True) if norm == "linf"
+                else tf.sqrt(tf.reduce_sum(tf.square(t), axis=axes, keepdims=True)))
+        return x + eps * t / (size + 1e-12)
     noise = rng.normal(seed, x)
     if kind == "normal":
         return x + std * noise
