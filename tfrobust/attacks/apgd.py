@@ -78,7 +78,8 @@ def apgd_run(
     clip_min: float = 0.0,
     clip_max: float = 1.0,
 ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-    """One APGD run from AutoAttack's random start (on the ball's surface, `ball.random_start`): (adversarial x, misclassified [B], best objective [B]).
+    """One APGD run from AutoAttack's random start (on the ball's surface, `ball.random_start`):
+    (adversarial x, misclassified [B], best objective [B]).
 
     `eps` is already per-example-broadcastable (see `ball.per_example`); `steps` a Python int.
     `strict_rho` and `compare_start`: the paper's condition 1 (`increases < rho * interval`) and an
