@@ -32,6 +32,7 @@ flags.DEFINE_string("out", None, "Directory of model.npz and the per-implementat
 flags.DEFINE_integer("examples", 500, "The first N test images.", lower_bound=1)
 flags.DEFINE_integer("seed", 0, "Seed of the attacks.", lower_bound=0)
 flags.DEFINE_integer("batch_size", 500, "Examples per attack batch.", lower_bound=1)
+flags.DEFINE_bool("overwrite", False, "Replace this step's earlier result for the same seed in --out.")
 FLAGS = flags.FLAGS
 
 STAGES = ("apgd-ce", "apgd-t", "fab-t", "square")  # the official names, in AutoAttack's order
@@ -66,9 +67,16 @@ def _tfrobust() -> None:
             kernel = kernel.T
         weights[f"{name}.weight"], weights[f"{name}.bias"] = kernel, bias
     logits = model.predict(x, batch_size=FLAGS.batch_size, verbose=0)
-    os.makedirs(FLAGS.out, exist_ok=True)
-    np.savez(os.path.join(FLAGS.out, "model.npz"), x=x.transpose(0, 3, 1, 2), y=y, logits=logits,
-             eps=config["eps"], **weights)
+    saved = os.path.join(FLAGS.out, "model.npz")
+    if os.path.exists(saved):  # the official results in --out belong to it: another model must not replace it
+        with np.load(saved) as old:
+            same = set(old.files) == {"x", "y", "logits", "eps", *weights} and all(
+                np.array_equal(old[k], v) for k, v in weights.items()) and np.array_equal(old["y"], y)
+        if not same:
+            raise app.UsageError(f"{saved} holds another model or other images: choose another --out")
+    else:
+        os.makedirs(FLAGS.out, exist_ok=True)
+        np.savez(saved, x=x.transpose(0, 3, 1, 2), y=y, logits=logits, eps=config["eps"], **weights)
     start = time.perf_counter()
     report = evaluation.autoattack(model, (x, y), eps=config["eps"], norm=config["norm"], seed=FLAGS.seed,
                                    batch_size=FLAGS.batch_size, checks=None, verbose=True)
@@ -165,6 +173,9 @@ def main(argv: list[str]) -> None:
         raise app.UsageError("--out is required")
     if FLAGS.step == "tfrobust" and not FLAGS.run:
         raise app.UsageError("--step=tfrobust needs --run")
+    result = os.path.join(FLAGS.out, f"{FLAGS.step}-seed{FLAGS.seed}.json")
+    if FLAGS.step != "compare" and os.path.exists(result) and not FLAGS.overwrite:
+        raise app.UsageError(f"{result} exists: pass --overwrite to replace it")
     {"tfrobust": _tfrobust, "official": _official, "compare": _compare}[FLAGS.step]()
 
 

@@ -366,7 +366,7 @@ def _final_test_accuracy(config: TrainConfig, classifier: keras.Model, attack: A
 
 def _epoch_test_accuracy(config: TrainConfig, robust: RobustModel, splits: data.Splits) -> dict[str, float]:
     """The per-epoch test figures of --epoch_test_examples: clean accuracy on every test image, and
-    clean and PGD accuracy (the final evaluation's attack) on the first N."""
+    PGD accuracy (the final evaluation's attack) on the first N."""
     with robust.evaluated_weights():
         x, y = evaluation.load_arrays((splits.x_test, splits.y_test), None)
         predicted = robust.classifier.predict(x, batch_size=max(config.batch_size, 100), verbose=0).argmax(-1)
