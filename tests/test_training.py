@@ -58,6 +58,15 @@ def test_resume_continues_at_the_right_epoch(tmp_path):
     assert second.steps == 3 * first.steps
     assert len(second.history["loss"]) == 3  # the whole run's history, across the resume
     assert second.history["loss"][0] == first.history["loss"][0]
+    # TensorBoard's HParams dashboard shows the resumed run's configuration, not the first session's
+    from tensorboard.backend.event_processing import event_accumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+    accumulator = event_accumulator.EventAccumulator(os.path.join(second.run_dir, "logs", "hparams"))
+    accumulator.Reload()
+    start = plugin_data_pb2.HParamsPluginData.FromString(
+        accumulator.summary_metadata["_hparams_/session_start_info"].plugin_data.content).session_start_info
+    assert start.hparams["epochs"].number_value == 3
+    assert [e.step for e in accumulator.Tensors("test/adv_accuracy")] == [second.steps]
 
 
 def test_a_run_says_what_it_runs_and_a_resumed_one_counts_the_configured_epochs(tmp_path, capsys):

@@ -3,7 +3,10 @@ compared in the HParams dashboard (`tensorboard --logdir runs/`, tab HPARAMS).
 
 Each run writes, into RUN/logs/hparams/, the experiment's declaration (`hp.hparams_config`: the
 hyperparameters and the metrics), the session's values (`hp.hparams`, with the run directory as
-trial id) and one scalar per metric at the final optimizer step.
+trial id) and one scalar per metric at the final optimizer step. A resumed run replaces the
+file its earlier sessions wrote there: TensorBoard keeps the first metadata it reads for a tag
+(tensorboard/backend/event_processing/event_accumulator.py), so it would otherwise show the first
+session's configuration (say epochs=1) beside the last session's accuracies.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ def write(logdir: str, config: Mapping[str, Any], metrics: Mapping[str, float], 
     """Write the HParams summaries of one run into `logdir`/hparams; returns that directory.
     `metrics` maps tags (e.g. test/adv_accuracy) to final values."""
     directory = os.path.join(logdir, HPARAMS_DIR)
+    earlier = tf.io.gfile.glob(os.path.join(directory, "events.out.tfevents.*"))
     values = flatten(config)
     writer = tf.summary.create_file_writer(directory)
     # record_if(True): a fit that ended in an exception leaves Keras' TensorBoard callback's
@@ -53,4 +57,6 @@ def write(logdir: str, config: Mapping[str, Any], metrics: Mapping[str, float], 
             tf.summary.scalar(tag, float(value), step=step)
     writer.flush()
     writer.close()
+    for path in earlier:  # only once the new session is written: a crash above keeps the old one
+        tf.io.gfile.remove(path)
     return directory
