@@ -79,22 +79,19 @@ def random_start(
 
     'uniform': uniform in the ball (Madry); 'sphere': APGD's start in AutoAttack
     (`autopgd_base.py`, `attack_single_run`), x + eps t / ||t|| with t uniform in [-1, 1] (l-inf)
-    or N(0, I) (l2), on the ball's surface; 'normal': x + std N(0, I) (TRADES and MART); 'corner':
-    an l-inf corner x + eps sign(N(0, I)), or for l2 a Gaussian direction scaled to norm eps
-    (ATENT); 'none': x itself.
+    or N(0, I) (l2; the same point as 'corner'), on the ball's surface; 'normal': x + std N(0, I)
+    (TRADES and MART); 'corner': an l-inf corner x + eps sign(N(0, I)), or for l2 a Gaussian
+    direction scaled to norm eps (ATENT); 'none': x itself.
     """
     if kind == "none":
         return x
-    if kind == "sphere":
-        t = rng.uniform(seed, x, -1.0, 1.0) if norm == "linf" else rng.normal(seed, x)
-        axes = list(range(1, x.shape.rank))
-        size = (tf.reduce_max(tf.abs(t), axis=axes, keepdims=True) if norm == "linf"
-                else tf.sqrt(tf.reduce_sum(tf.square(t), axis=axes, keepdims=True)))
-        return x + eps * t / (size + 1e-12)
+    if kind == "sphere" and norm == "linf":
+        t = rng.uniform(seed, x, -1.0, 1.0)
+        return x + eps * t / (tf.reduce_max(tf.abs(t), axis=list(range(1, x.shape.rank)), keepdims=True) + _TINY)
     noise = rng.normal(seed, x)
     if kind == "normal":
         return x + std * noise
-    if kind == "corner":
+    if kind in ("corner", "sphere"):  # for l2 both are a Gaussian direction scaled to norm eps
         return x + eps * (tf.sign(noise) if norm == "linf" else noise / l2_norm(noise))
     if kind == "uniform":
         if norm == "linf":
