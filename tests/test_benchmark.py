@@ -116,8 +116,9 @@ def test_one_inter_op_thread_runs_in_a_fresh_process_only():
                         repeats=1, warmup=0, inter_op_threads=1)
     first, second = harness.run([case, case])
     assert not first.error and not second.error and first.step_tensor_mb > 0
-    # one op at a time, the peak nearly repeats (measured: 26.88 / 26.97 / 27.02 MB in three runs)
-    assert first.step_tensor_mb == pytest.approx(second.step_tensor_mb, rel=0.1)
+    # one op at a time, the peak roughly repeats: 26.88 / 26.97 / 27.02 MB in three runs once, but
+    # 23.91-27.45 MB over eight runs on 2026-11-30 (pairs up to 10.0% apart, which failed rel=0.1)
+    assert first.step_tensor_mb == pytest.approx(second.step_tensor_mb, rel=0.2)
     tf.zeros([1]).numpy()  # TensorFlow's runtime now runs in this process
     with pytest.raises(harness.BenchmarkError, match="fresh process"):
         harness.measure(case)
