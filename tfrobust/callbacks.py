@@ -1,6 +1,6 @@
 """Keras callbacks of a training run: throughput, adversarial image grids, step checkpoints,
-stopping on a non-finite loss with the step named, and the best-robust-accuracy checkpoint with
-early stopping and the catastrophic-overfitting report."""
+stopping on a non-finite loss with the step named, collapse detection, and the best-robust-accuracy
+checkpoint with early stopping and the catastrophic-overfitting report."""
 
 from __future__ import annotations
 
@@ -74,6 +74,127 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
                 f"the training loss became {float(loss)} at optimizer step {step} (batch {batch} of the "
                 "epoch); lower the learning rate or check the data and method weights"
             )
+
+
+class CollapseError(TfrobustError, RuntimeError):
+    """Training sat at a collapse for `--stop_on_collapse` epochs in a row (the runners exit with code 5)."""
+
+    exit_code = 5
+
+
+# A collapse at an epoch's end (`CollapseDetector`): one class takes this share of the predictions or more ...
+COLLAPSE_MAJORITY = 0.9
+# ... or every step's training loss stayed within this fraction of log(K).
+COLLAPSE_LOSS_BAND = 0.01
+COLLAPSE_ADVICE = ("what usually helps: an eps warm-up (--eps_warmup_epochs=1), a natural cross-entropy term "
+                   "(TRADES has one; mimae: --natural_weight), a smaller --lr, or more epochs (PGD-AT at eps 0.3 "
+                   "with a zero-initialized last layer can sit at chance for a whole epoch)")
+
+
+class CollapseDetector(keras.callbacks.Callback):
+    """Detects a collapsed classifier at the end of every epoch, says so, and adds it to the logs.
+
+    An epoch ends collapsed when either
+      * the model, in inference mode (its evaluated weights: the averages with weight averaging),
+        predicts one class for `COLLAPSE_MAJORITY` (90%) or more of `images` (the run passes its
+        validation images, else its test images: only predictions are counted, never labels), or
+      * the training loss of every step of the epoch stayed within `COLLAPSE_LOSS_BAND` (1%) of
+        log(K), the loss of a uniform prediction (each step's loss is recovered from Keras's running
+        mean: m_b b - m_{b-1} (b - 1)).
+    Every epoch's logs get `majority_share` (the top class's share of the predictions), `collapse`
+    (1 or 0) and `collapse_loss_at_chance` (1 or 0), so they reach TensorBoard's scalars and
+    history.json with the rest (place this callback before the writers). A collapsed epoch also
+    prints one console line naming the symptom and what usually helps, and writes it as a text
+    summary `collapse` to `logdir` (TensorBoard's Text tab), at the epoch's number (from 0, as
+    Keras writes epoch scalars).
+    """
+
+    def __init__(self, images: np.ndarray, num_classes: int, *, what: str = "images", logdir: str | None = None,
+                 verbose: bool = True, batch_size: int = 256):
+        super().__init__()
+        self.images, self.num_classes, self.what = images, int(num_classes), what
+        self.logdir, self.verbose, self.batch_size = logdir, verbose, batch_size
+        self._writer = self._predict = None
+        self._log_k = math.log(self.num_classes)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._steps, self._last_mean, self._all_at_chance = 0, 0.0, True
+
+    def on_train_batch_end(self, batch, logs=None):
+        mean = (logs or {}).get("loss")
+        if mean is None:
+            self._all_at_chance = False
+            return
+        mean = float(mean)
+        self._steps += 1
+        step_loss = self._steps * mean - (self._steps - 1) * self._last_mean
+        self._last_mean = mean
+        if not abs(step_loss - self._log_k) <= COLLAPSE_LOSS_BAND * self._log_k:
+            self._all_at_chance = False
+
+    def majority(self) -> tuple[int, float]:
+        """(the most-predicted class, its share of the predictions on `images`)."""
+        model = self.model
+        classifier = getattr(model, "classifier", model)
+        if self._predict is None:  # one trace per batch shape (Keras' `predict` retraces when called per epoch)
+            self._predict = tf.function(lambda x: tf.argmax(classifier(x, training=False), axis=-1),
+                                        reduce_retracing=True)
+        weights = getattr(model, "evaluated_weights", None)
+        with weights() if weights else contextlib.nullcontext():
+            predicted = np.concatenate([self._predict(self.images[i: i + self.batch_size]).numpy()
+                                        for i in range(0, len(self.images), self.batch_size)])
+        counts = np.bincount(predicted, minlength=self.num_classes)
+        return int(counts.argmax()), float(counts.max() / max(counts.sum(), 1))
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None:
+            return
+        top, share = self.majority()
+        loss_at_chance = bool(self._steps) and self._all_at_chance
+        collapsed = share >= COLLAPSE_MAJORITY or loss_at_chance
+        logs.update(majority_share=share, collapse=float(collapsed), collapse_loss_at_chance=float(loss_at_chance))
+        if not collapsed:
+            return
+        symptoms = []
+        if share >= COLLAPSE_MAJORITY:
+            symptoms.append(f"the model predicts class {top} for {100 * share:.1f}% of {len(self.images):,} "
+                            f"{self.what}")
+        if loss_at_chance:
+            symptoms.append(f"the training loss stayed within {100 * COLLAPSE_LOSS_BAND:g}% of log({self.num_classes}) "
+                            f"= {self._log_k:.3f} all epoch")
+        line = f"Collapse at epoch {epoch + 1}: {' and '.join(symptoms)}; {COLLAPSE_ADVICE}."
+        if self.verbose:
+            print(f"\n{line}", flush=True)
+        if self.logdir:
+            if self._writer is None:
+                self._writer = tf.summary.create_file_writer(self.logdir)
+            with self._writer.as_default(), tf.summary.record_if(True):
+                tf.summary.text("collapse", line, step=epoch)
+            self._writer.flush()
+
+
+def collapsed_epochs(epochs: list[dict]) -> list[dict]:
+    """The collapsed epochs of a history (`EpochHistory.epochs`), as summary.json records them."""
+    return [{"epoch": e["epoch"], "majority_share": e.get("majority_share"),
+             "loss_at_chance": bool(e.get("collapse_loss_at_chance"))} for e in epochs if e.get("collapse")]
+
+
+class StopOnCollapse(keras.callbacks.Callback):
+    """Ends the run with `CollapseError` once the last `patience` epochs of `history` (an
+    `EpochHistory`, so the count survives a restart) all collapsed. Place it after the checkpoint
+    and the history writer: the epoch is saved before the run ends."""
+
+    def __init__(self, history: EpochHistory, patience: int):
+        super().__init__()
+        self.history, self.patience = history, int(patience)
+
+    def on_epoch_end(self, epoch, logs=None):
+        recent = self.history.epochs[-self.patience:]
+        if len(recent) == self.patience and all(e.get("collapse") for e in recent):
+            raise CollapseError(
+                f"stopped after {self.patience} collapsed epoch(s) in a row (--stop_on_collapse={self.patience}), "
+                f"at epoch {epoch + 1}; the epoch is checkpointed: change the method's settings and start anew "
+                "(--overwrite), or rerun with --stop_on_collapse=0 to continue as it is")
 
 
 class TensorBoard(keras.callbacks.TensorBoard):

@@ -109,6 +109,10 @@ class TrainConfig:
     overfit_drop: float = setting(0.2, "Report catastrophic overfitting when the validation PGD accuracy falls "
                                   "more than this (a fraction, 0.2 = 20 points) below the best so far.", low=0,
                                   high=1, resumable=True)
+    stop_on_collapse: int = setting(0, "End the run (exit code 5) after N collapsed epochs in a row: one class "
+                                    "predicted for 90% or more of the validation (else test) images, or a training "
+                                    "loss within 1% of log(K) all epoch (0: only report collapses).", low=0,
+                                    resumable=True)
     eval_steps: int = setting(20, "PGD steps of validation and the final test evaluation.", low=1)
     eval_step_size: float = setting(0.0, "Step size of that PGD (0: 2.5 eps / eval_steps, Madry et al.'s).", low=0)
     epoch_test_examples: int = setting(0, "After every epoch, clean accuracy on all test images and the evaluation "

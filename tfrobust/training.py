@@ -41,6 +41,7 @@ from tfrobust.methods.base import AttackConfig
 from tfrobust.robust_model import RobustModel, default_eval_attack, method_config
 
 BEST_DIR = os.path.join("checkpoints", "best")  # the best-validation checkpoint and best.json
+_COLLAPSE_PROBE_IMAGES = 10_000  # at most this many test images judge a collapse when there is no validation split
 
 __all__ = ["ConfigError", "TrainConfig", "TrainResult", "attack_config", "build_optimizer", "learning_rate",
            "train", "validate"]
@@ -71,6 +72,8 @@ class TrainResult:
     # catastrophic overfitting: the epochs whose validation PGD accuracy fell more than
     # --overfit_drop below the best so far
     overfitting: list[dict] = dataclasses.field(default_factory=list)
+    # the epochs that ended collapsed (`callbacks.CollapseDetector`): {epoch, majority_share, loss_at_chance}
+    collapsed_epochs: list[dict] = dataclasses.field(default_factory=list)
 
 
 class CyclicLR(keras.optimizers.schedules.LearningRateSchedule):
@@ -218,15 +221,23 @@ def _train(config: TrainConfig, method: methods.Method, extra_callbacks: Sequenc
     epoch_test = callbacks_lib.EpochTest(
         lambda: _epoch_test_accuracy(config, robust, splits)) if config.epoch_test_examples else None
     epoch_history = callbacks_lib.EpochHistory(os.path.join(run_dir, rundir.HISTORY_FILE), write=chief)
+    # Collapse is judged on the validation images, else the test images (predictions only, no labels).
+    probe, probe_what = (((splits.x_val, splits.y_val), "validation images") if len(splits.x_val) else
+                         ((splits.x_test, splits.y_test), "test images"))
+    collapse = callbacks_lib.CollapseDetector(
+        evaluation.load_arrays(probe, _COLLAPSE_PROBE_IMAGES)[0], splits.num_classes, what=probe_what,
+        logdir=os.path.join(logdir, "train") if chief else None, verbose=chief)
     callbacks = [
         callbacks_lib.Throughput(config.batch_size),  # its clock stops before the epoch's test
         *([epoch_test] if epoch_test else []),  # before the progress bar, the writers and the checkpoint
+        collapse,  # likewise: its figures go to the writers
         callbacks_lib.RunProgress(config.epochs),
         callbacks_lib.StopOnNonFiniteLoss(),
         *summaries,
         callbacks_lib.StepCheckpoint(manager, config.checkpoint_every_steps),
         *([best] if best else []),
         epoch_history,
+        *([callbacks_lib.StopOnCollapse(epoch_history, config.stop_on_collapse)] if config.stop_on_collapse else []),
         *extra_callbacks,
     ]
 
@@ -257,7 +268,8 @@ def _train(config: TrainConfig, method: methods.Method, extra_callbacks: Sequenc
     result = TrainResult(run_dir=run_dir, export_path=export_path, clean_accuracy=clean_acc,
                          adv_accuracy=adv_acc, eval_examples=n_eval,
                          steps=int(robust.optimizer.iterations.numpy()),
-                         train_step_traces=robust.train_step_traces, history=epoch_history.history())
+                         train_step_traces=robust.train_step_traces, history=epoch_history.history(),
+                         collapsed_epochs=callbacks_lib.collapsed_epochs(epoch_history.epochs))
     if config.eval_suite != "none" and chief:
         with robust.evaluated_weights():
             report = evaluation.robust_accuracy(
