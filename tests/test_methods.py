@@ -44,7 +44,7 @@ def test_registry_and_hyperparameters():
     assert methods.hyperparameters("mart") == ("beta", "clip_start")
     assert methods.hyperparameters("pgd_at") == ("clip_start",)
     assert methods.hyperparameters("mimae") == ("lambda_mi", "lambda_mae", "mi_symmetric", "natural_weight",
-                                                "clip_start")
+                                                "ramp_steps", "clip_start")
     assert methods.hyperparameters("atent") == ("noise", "gamma", "alpha", "projection", "start", "clip_start",
                                                 "atent_tolerance", "atent_shared_forward")
     # each method's default is its reference's: TRADES, MART and ATENT do not clip the random start
@@ -135,6 +135,20 @@ def test_mimae_terms_are_what_they_say():
     np.testing.assert_allclose(out.per_example.numpy(),
                                (losses.cross_entropy(za, y) + losses.logit_mae(z, za)).numpy(), rtol=1e-5)
     assert np.abs(x_adv - x).max() <= ATTACK.eps + 1e-6
+
+
+def test_mimae_ramp_scales_both_regularizers_by_the_step():
+    method = build("mimae", ATTACK, {"lambda_mi": 2.0, "lambda_mae": 3.0, "natural_weight": 0.5, "ramp_steps": 4})
+    model = tiny_model()
+    x, y = batch(1)
+    x_adv = method.attack_inputs(StepContext(model, tf.constant([3, 4], tf.int64)), x, y)
+    for step, share in ((0, 0.25), (2, 0.75), (3, 1.0), (50, 1.0)):
+        out = method.loss(StepContext(model, tf.constant([3, 4], tf.int64), step=tf.constant(step, tf.int64)),
+                          x, y, x_adv)
+        t = {k: v.numpy() for k, v in out.terms.items()}
+        np.testing.assert_allclose(out.per_example.numpy(),
+                                   t["adv_ce"] + share * 3.0 * t["mae"] + 0.5 * t["natural_ce"], rtol=1e-5)
+        np.testing.assert_allclose(float(out.batch_loss), -share * 2.0 * t["mi"], rtol=1e-5)
 
 
 def _mean_kl(model, x, x_adv):

@@ -228,7 +228,7 @@ class RobustModel(keras.Model):
     def train_step(self, data):
         self.train_step_traces += 1
         x, y = data[0], data[1]
-        ctx = StepContext(self.classifier, self.step_seed(), self.budget_scale())
+        ctx = StepContext(self.classifier, self.step_seed(), self.budget_scale(), self.optimizer.iterations)
         out, grads, _ = self.method.gradients(ctx, x, y, self._differentiate)
         self.optimizer.apply_gradients(zip(grads, self.classifier.trainable_variables))
         if self.weight_average is not None:

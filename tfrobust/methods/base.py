@@ -75,6 +75,9 @@ class StepContext:
     # The fraction of the threat model's eps and step size this step attacks with: 1 except
     # during an eps warm-up (`RobustModel(eps_warmup_steps=...)`).
     budget_scale: float | tf.Tensor = 1.0
+    # The optimizer step this update is computed at (0 for the first), for methods whose loss
+    # changes over training (MIMAE's regularizer ramp); a function of the checkpointed step count.
+    step: int | tf.Tensor = 0
 
     def eps(self, attack: AttackConfig) -> float | tf.Tensor:
         return attack.eps * self.budget_scale

@@ -38,6 +38,8 @@ class Mimae(Method):
     lambda_mae: float = setting(1.0, "MIMAE: weight of the logit mean absolute error.", low=0)
     mi_symmetric: bool = setting(True, "MIMAE: symmetrize the joint of the two prediction batches (IIC).")
     natural_weight: float = setting(0.0, "MIMAE: weight of cross-entropy on clean inputs.", low=0)
+    ramp_steps: int = setting(0, "MIMAE: scale lambda_mi and lambda_mae linearly from 0 to their values over the "
+                              "first N optimizer steps (0: no ramp; the attack's eps is not ramped).", low=0)
     clip_start: bool = setting(True, "Clip the attack's random start to [0, 1] before the first gradient "
                                "(reference: TRADES, MART and ATENT do not; Madry PGD-AT and MIMAE do).")
 
@@ -56,9 +58,17 @@ class Mimae(Method):
         joint = distribute.global_sum(
             losses.prediction_joint(tf.nn.softmax(clean_logits), tf.nn.softmax(adv_logits)))
         mi = losses.mutual_information(joint, symmetric=self.mi_symmetric)
-        per_example = adv_ce + self.lambda_mae * mae
+        ramp = self.ramp(ctx, adv_ce.dtype)
+        per_example = adv_ce + ramp * self.lambda_mae * mae
         if self.natural_weight:
             per_example += self.natural_weight * natural_ce
-        return LossOutput(per_example=per_example, batch_loss=-self.lambda_mi * mi,
+        return LossOutput(per_example=per_example, batch_loss=-ramp * self.lambda_mi * mi,
                           terms={"adv_ce": adv_ce, "mi": mi, "mae": mae, "natural_ce": natural_ce},
                           clean_logits=clean_logits, adv_logits=adv_logits)
+
+    def ramp(self, ctx, dtype) -> float | tf.Tensor:
+        """The regularizers' share of their weights at this step: min(1, (t + 1) / ramp_steps)."""
+        if not self.ramp_steps:
+            return 1.0
+        done = tf.cast(ctx.step, dtype) + 1
+        return tf.minimum(tf.constant(1, dtype), done / self.ramp_steps)
