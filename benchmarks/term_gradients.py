@@ -85,7 +85,7 @@ def make_probe_callback(config: TrainConfig, x_probe, y_probe, records: list):
         def _build(self):
             robust = self.model
             method, classifier = robust.method, robust.classifier
-            x = tf.constant(x_probe, keras.config.floatx())
+            x = tf.constant(x_probe)
             y = tf.constant(y_probe)
 
             @tf.function
@@ -98,11 +98,17 @@ def make_probe_callback(config: TrainConfig, x_probe, y_probe, records: list):
                     out = method.loss(ctx, x, y, x_adv)
                     terms = {n: tf.reduce_mean(v) for n, v in out.terms.items()}
                     total = tf.reduce_mean(out.per_example) + tf.cast(out.batch_loss, out.per_example.dtype)
-                norms = {n: tf.linalg.global_norm([g for g in tape.gradient(v, variables) if g is not None])
+                grads = {n: [tf.zeros_like(w) if g is None else g
+                             for g, w in zip(tape.gradient(v, variables), variables)]
                          for n, v in {**terms, "total": total}.items()}
+                norms = {n: tf.linalg.global_norm(g) for n, g in grads.items()}
+                # cosine of each term's gradient with the adversarial CE's (the method's first term)
+                first = method.term_names[0]
+                cosines = {n: tf.add_n([tf.reduce_sum(a * b) for a, b in zip(g, grads[first])])
+                           / (norms[n] * norms[first] + 1e-30) for n, g in grads.items()}
                 clean = classifier(x, training=False)
                 adv = classifier(x_adv, training=False) if x_adv is not None else clean
-                return norms, terms, clean, adv
+                return norms, cosines, terms, clean, adv
 
             self._fn = probe
 
@@ -110,12 +116,13 @@ def make_probe_callback(config: TrainConfig, x_probe, y_probe, records: list):
             if self._fn is None:
                 self._build()
             step = int(self.model.optimizer.iterations.numpy())
-            norms, terms, clean, adv = self._fn(tf.constant(step, tf.int64))
+            norms, cosines, terms, clean, adv = self._fn(tf.constant(step, tf.int64))
             clean, adv = clean.numpy(), adv.numpy()
             counts = np.bincount(clean.argmax(-1), minlength=clean.shape[-1])
             records.append({
                 "step": step,
                 "grad_norm": {k: float(v) for k, v in norms.items()},
+                "cosine_with_first_term": {k: float(v) for k, v in cosines.items()},
                 "term": {k: float(v) for k, v in terms.items()},
                 "logit_spread": float(clean.std(axis=0).mean()),  # across the batch, averaged over classes
                 "majority_share": float(counts.max() / counts.sum()),
@@ -124,7 +131,8 @@ def make_probe_callback(config: TrainConfig, x_probe, y_probe, records: list):
                 "logit_mae": float(np.abs(clean - adv).mean()),
             })
             r = records[-1]
-            print(f"  probe step {step}: " + ", ".join(f"|g_{k}| {v:.3g}" for k, v in r["grad_norm"].items())
+            print(f"  probe step {step}: " + ", ".join(
+                f"|g_{k}| {v:.3g} (cos {r['cosine_with_first_term'][k]:+.2f})" for k, v in r["grad_norm"].items())
                   + f"; spread {r['logit_spread']:.3g}, majority {r['majority_share']:.2f}, "
                   f"clean {r['clean_accuracy']:.2f}", flush=True)
 
@@ -192,12 +200,13 @@ def main(argv):
     values["method_options"] = cli.values_from_flags(methods.get(FLAGS.method),
                                                      names=methods.hyperparameters(FLAGS.method))
     config = TrainConfig(**values)
-    from tfrobust import data, training
+    from tfrobust import data, evaluation, training
 
     splits = data.load(config.dataset, data_dir=config.data_dir, validation_size=0, seed=config.seed)
-    n = FLAGS.probe_examples
     records: list = []
-    callback = make_probe_callback(config, splits.x_train[:n], splits.y_train[:n].astype("int64"), records)
+    # as the input pipeline hands them to the model: floatx in [0, 1] (the stored arrays may be uint8)
+    x_probe, y_probe = evaluation.load_arrays((splits.x_train, splits.y_train), FLAGS.probe_examples)
+    callback = make_probe_callback(config, x_probe, y_probe.astype("int64"), records)
     training.train(config, extra_callbacks=[callback])
     payload = {"config": {k: v for k, v in vars(config).items() if k != "method_options"},
                "method_options": methods.build(config.method, training.attack_config(config),
