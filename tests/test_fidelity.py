@@ -294,7 +294,7 @@ def reference_mart(p, x, y, masks, noise, beta):
     return step_gradients(p, [(x, masks[0]), (x_adv, masks[1])], loss)
 
 
-def reference_mimae(p, x, y, masks, noise, lambda_mi, lambda_mae):
+def reference_mimae(p, x, y, masks, noise, lambda_mi, lambda_mae, natural_weight):
     x_adv = np.clip(x + (2 * noise["uniform"][0] - 1) * EPS, 0.0, 1.0)
     for _ in range(STEPS):
         x_adv = linf_step(x_adv, x, input_gradient(p, x_adv, None, lambda z: ce_mean(z, y)), STEP)
@@ -305,7 +305,8 @@ def reference_mimae(p, x, y, masks, noise, lambda_mi, lambda_mae):
         joint = np.maximum(0.5 * (joint + joint.T), 1e-8)
         mi = (joint * (np.log(joint) - np.log(joint.sum(1, keepdims=True))
                        - np.log(joint.sum(0, keepdims=True)))).sum()
-        return ce_mean(z_adv, y) + lambda_mae * np.abs(z_nat - z_adv).mean() - lambda_mi * mi
+        return (ce_mean(z_adv, y) + natural_weight * ce_mean(z_nat, y) + lambda_mae * np.abs(z_nat - z_adv).mean()
+                - lambda_mi * mi)
 
     return step_gradients(p, [(x, masks[0]), (x_adv, masks[1])], loss)
 
@@ -331,7 +332,8 @@ CASES = {
     "pgd_at_eval": ({}, "eval", lambda p, x, y, m, n: reference_pgd_at(p, x, y, m, n, False), 1),
     "trades": ({"beta": 6.0}, "eval", lambda p, x, y, m, n: reference_trades(p, x, y, m, n, 6.0), 3),
     "mart": ({"beta": 6.0}, "eval", lambda p, x, y, m, n: reference_mart(p, x, y, m, n, 6.0), 2),
-    "mimae": ({}, "eval", lambda p, x, y, m, n: reference_mimae(p, x, y, m, n, 1.0, 1.0), 2),
+    # the defaults of issue 20's sweep: lambda_mi 1, lambda_mae 0.1, natural_weight 1, no ramp
+    "mimae": ({}, "eval", lambda p, x, y, m, n: reference_mimae(p, x, y, m, n, 1.0, 0.1, 1.0), 2),
     "atent": ({"noise": LANGEVIN_NOISE, "alpha": 0.9}, "train",
               lambda p, x, y, m, n: reference_atent(p, x, y, m, n, 0.9, LANGEVIN_NOISE), 2 * STEPS),
 }
@@ -375,6 +377,8 @@ VARIANTS = {
     "pgd_at_clip_start_false": ("pgd_at", {"clip_start": False}, "train",
                                 lambda p, x, y, m, n: reference_pgd_at(p, x, y, m, n, True, clip_start=False),
                                 STEPS + 1),
+    "mimae_before_issue_20": ("mimae", {"lambda_mae": 1.0, "natural_weight": 0.0}, "eval",
+                              lambda p, x, y, m, n: reference_mimae(p, x, y, m, n, 1.0, 1.0, 0.0), 2),
     "atent_clip_start": ("atent", {"noise": LANGEVIN_NOISE, "clip_start": True}, "train",
                          lambda p, x, y, m, n: reference_atent(p, x, y, m, n, 0.9, LANGEVIN_NOISE, clip_start=True),
                          2 * STEPS),
