@@ -43,7 +43,7 @@ CONFIGS: dict[str, list[str]] = {
     "mi1_mae1_nat1": ["--lambda_mi=1", "--lambda_mae=1", "--natural_weight=1"],
     "mi1_mae0.3_nat1": ["--lambda_mi=1", "--lambda_mae=0.3", "--natural_weight=1"],
     "mi1_mae0.1_nat1": ["--lambda_mi=1", "--lambda_mae=0.1", "--natural_weight=1"],
-    "mi0_mae1_nat1": ["--lambda_mi=0", "--lambda_mae=1", "--natural_weight=1"],
+    "mi0_mae0.1_nat1": ["--lambda_mi=0", "--lambda_mae=0.1", "--natural_weight=1"],
     "mi1_mae0_nat1": ["--lambda_mi=1", "--lambda_mae=0", "--natural_weight=1"],
     "pgd_at": ["--method=pgd_at", "--attack_bn_mode=eval", "--clip_start=true"],
     "trades_beta1": ["--method=trades", "--beta=1", "--attack_bn_mode=eval", "--shared_target=false",
