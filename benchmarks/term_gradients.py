@@ -1,7 +1,9 @@
 """Each loss term's weight-gradient norm over a training run (issue 20: why MIMAE-AT collapses).
 
-Trains exactly as `runners/train.py` does with the same flags (one `tfrobust.training.train` call)
-and, every `--probe_every` optimizer steps, takes a fixed probe batch of training images, attacks it
+Trains as `runners/train.py` does with the same flags (one `tfrobust.training.train` call; the
+probes' training-mode forwards advance the dropout generator, so a model with dropout does not
+follow the runner's run bit for bit) and, every `--probe_every` optimizer steps, takes a fixed
+probe batch of training images, attacks it
 as the method does (`method.attack_inputs`, same mode, seeded) and differentiates each of the
 method's unweighted loss terms separately w.r.t. the classifier's weights. It records their global
 l2 norms and the state of the prediction: the spread of the clean logits across the batch, the
@@ -29,7 +31,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from tfrobust import cli, methods  # noqa: E402
-from tfrobust.config import TrainConfig  # noqa: E402
+from tfrobust.config import TrainConfig, validate  # noqa: E402
+from tfrobust.errors import TfrobustError  # noqa: E402
 
 cli.define_flags(TrainConfig)
 _METHOD_FLAGS = cli.define_method_flags(methods.REGISTRY)
@@ -191,15 +194,21 @@ def main(argv):
     if FLAGS.plot:
         plot(FLAGS.plot, FLAGS.plot_inputs)
         return
-    print(analytic_table(), flush=True)
     if FLAGS.analytic_only:
+        print(analytic_table(), flush=True)
         return
-    if not FLAGS.out:
-        raise app.UsageError("--out is required")
+    # checked before anything is computed: where the probes go, and every setting
+    if not FLAGS.out or os.path.exists(FLAGS.out) or not os.path.isdir(os.path.dirname(FLAGS.out) or "."):
+        raise app.UsageError(f"--out must name a new file in an existing directory, got {FLAGS.out!r}")
     values = cli.values_from_flags(TrainConfig)
     values["method_options"] = cli.values_from_flags(methods.get(FLAGS.method),
                                                      names=methods.hyperparameters(FLAGS.method))
-    config = TrainConfig(**values)
+    try:
+        config = TrainConfig(**values)
+        validate(config)
+    except TfrobustError as e:
+        raise app.UsageError(str(e)) from None
+    print(analytic_table(), flush=True)
     from tfrobust import data, evaluation, training
 
     splits = data.load(config.dataset, data_dir=config.data_dir, validation_size=0, seed=config.seed)
@@ -208,11 +217,12 @@ def main(argv):
     x_probe, y_probe = evaluation.load_arrays((splits.x_train, splits.y_train), FLAGS.probe_examples)
     callback = make_probe_callback(config, x_probe, y_probe.astype("int64"), records)
     training.train(config, extra_callbacks=[callback])
+    from tfrobust.robust_model import method_config
+
+    method = methods.build(config.method, training.attack_config(config), config.method_options)
     payload = {"config": {k: v for k, v in vars(config).items() if k != "method_options"},
-               "method_options": methods.build(config.method, training.attack_config(config),
-                                               config.method_options).__dict__ | {},
+               "method_options": method_config(method)["options"],
                "log_k": math.log(int(splits.num_classes)), "records": records}
-    payload["method_options"] = {k: v for k, v in payload["method_options"].items() if k != "attack"}
     with open(FLAGS.out, "w") as f:
         json.dump(payload, f, indent=1)
     print(f"wrote {FLAGS.out}")

@@ -14,9 +14,11 @@ symmetrized; Invariant Information Clustering, Ji et al. 2019, eq. 3; `losses.mu
 over the GLOBAL batch: under a distribution strategy the per-replica K x K sums are all-reduced,
 which gives the same joint as on one device. x' comes from Madry PGD on CE (uniform start). Both
 forwards run in training mode. The defaults (lambda_mi 1, lambda_mae 0.1, natural_weight 1, no
-ramp) come from issue 20's sweep under the MNIST protocol (docs/results.md): without the natural
-term, or with lambda_mae 1, the MAE's constant-size gradient holds the model at a constant
-prediction (docs/methods.md, "Why the earlier defaults collapsed").
+ramp) come from issue 20's sweep under the MNIST protocol (docs/results.md). Without the natural
+term the model stayed at a constant prediction: the MI's gradient vanishes there, the MAE's does not
+and points with the adversarial CE's towards an input-independent prediction, and only a clean CE
+term points out; with it, lambda_mae 1 still slowed the start (docs/methods.md, "Why the earlier
+defaults collapsed").
 """
 
 from __future__ import annotations
