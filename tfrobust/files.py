@@ -3,6 +3,7 @@ checked before anything is written, and OS errors as one line."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fnmatch
 import json
@@ -14,12 +15,26 @@ from tfrobust.errors import ConfigError
 
 
 def write_json(path: str, payload: Any) -> None:
-    """Write JSON atomically (temporary file in the same directory, then rename), mode per the umask."""
+    """Write JSON atomically (`write_text`)."""
+    write_text(path, json.dumps(payload, indent=2, sort_keys=True))
+
+
+def write_text(path: str, text: str | bytes) -> None:
+    """Write a file atomically: a temporary file in the same directory, flushed, then renamed over
+    `path`, mode per the umask. On any failure (a full disk, a read-only mount) the temporary file
+    is removed and `path` keeps its old contents."""
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(path) or ".")
-    os.chmod(tmp, 0o666 & ~umask())  # mkstemp makes 0600; a run's files follow the user's umask
-    with os.fdopen(fd, "w") as f:
-        json.dump(payload, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
+    try:
+        os.chmod(tmp, 0o666 & ~umask())  # mkstemp makes 0600; a run's files follow the user's umask
+        with os.fdopen(fd, "wb" if isinstance(text, bytes) else "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
 
 
 def umask() -> int:
@@ -63,4 +78,12 @@ def check_output_dir(path: str, owned: tuple[str, ...], overwrite: bool, what: s
         while not os.path.exists(target):
             target = os.path.dirname(target)
     if not os.access(target, os.W_OK | os.X_OK):
-        raise ConfigError(f"cannot write to {target!r}: {os.strerror(errno.EACCES)}")
+        raise ConfigError(f"cannot write to {target!r}: {os.strerror(unwritable_errno(target))}")
+
+
+def unwritable_errno(path: str) -> int:
+    """Why `path` cannot be written: EROFS on a read-only mount, else EACCES."""
+    try:
+        return errno.EROFS if os.statvfs(path).f_flag & os.ST_RDONLY else errno.EACCES
+    except OSError:
+        return errno.EACCES
