@@ -6,18 +6,19 @@
 
 Writes report.json, report.md, accuracy_vs_eps.png and TensorBoard scalars to --output_dir and
 prints the table. Flags in, one `tfrobust.evaluation.robust_accuracy` call out. Flags are parsed and
-checked (suite, attacks, eps) before TensorFlow is imported, so a bad one is reported within a second.
+checked (suite, attacks, eps), and a run's config.json read (`tfrobust.evaluation.model_source`),
+before TensorFlow is imported, so a bad one is reported within a second. A damaged config.json or
+SavedModel is one line and exit code 2, before anything is written; each report file is written whole
+or not at all.
 """
 
 from __future__ import annotations
-
-import json
-import os
 
 from absl import app, flags, logging
 
 from tfrobust import cli, evaluation, files  # no TensorFlow until main has checked the flags
 from tfrobust.errors import TfrobustError
+from tfrobust.evaluation import model_source
 
 flags.DEFINE_string("model", None, "A training run directory, or an exported SavedModel directory.")
 flags.DEFINE_string("dataset", None, "Dataset (as for train.py); default: the run's dataset, else digits.")
@@ -47,22 +48,25 @@ def fail(message: object, code: int = 2):
     cli.fail("evaluate.py", message, code)
 
 
-def _resolve_model(path: str) -> tuple[str, dict, str]:
-    """(SavedModel path, the run's config or {}, default output directory)."""
-    path = os.path.normpath(path)
-    if os.path.isfile(os.path.join(path, "config.json")):
-        with open(os.path.join(path, "config.json")) as f:
-            return os.path.join(path, "savedmodel"), json.load(f), os.path.join(path, "evaluation")
-    return path, {}, path + "-evaluation"
-
-
-def _eps_values(run_config: dict) -> list[float]:
+def _source() -> model_source.ModelSource:
+    """What --model names; the run's settings that a flag overrides are neither read nor checked."""
+    overridden = [name for name in model_source.EVALUATION_SETTINGS if FLAGS[name].value not in (None, [])]
     try:
-        values = [float(e) for e in FLAGS.eps] or [float(run_config.get("eps", 0.1))]
+        return model_source.resolve(FLAGS.model, overridden)
+    except TfrobustError as e:
+        fail(e)
+
+
+def _eps_values(source: model_source.ModelSource) -> list[float]:
+    try:
+        values = [float(e) for e in FLAGS.eps] or [float(source.settings.get("eps", 0.1))]
     except ValueError:
         fail(f"--eps must be a comma-separated list of numbers, got {','.join(FLAGS.eps)}")
-    norm = FLAGS.norm or run_config.get("norm", "linf")
+    norm = FLAGS.norm or source.settings.get("norm", "linf")
     bad = [e for e in values if e < 0 or (norm == "linf" and e > 1)]
+    if bad and not FLAGS.eps:  # the run's eps (checked for its own norm), under --norm=linf
+        fail(f"{source.config_path}'s eps {bad[0]:g} is above 1, the most for linf (pixels are in [0, 1]); "
+             "give --eps")
     if bad:
         fail(f"--eps values must be in [0, 1] for linf (pixels are in [0, 1]) and >= 0 for l2, got {bad}")
     return values
@@ -72,9 +76,10 @@ def main(argv: list[str]) -> None:
     logging.set_verbosity(logging.WARNING)
     if not FLAGS.model:
         fail("--model is required: a training run directory or a SavedModel directory")
-    savedmodel, run_config, default_out = _resolve_model(FLAGS.model)
-    eps_values = _eps_values(run_config)
-    norm = FLAGS.norm or run_config.get("norm", "linf")
+    source = _source()  # a damaged config.json is reported here, before TensorFlow is imported
+    run_settings = source.settings
+    eps_values = _eps_values(source)
+    norm = FLAGS.norm or run_settings.get("norm", "linf")
     attacks = FLAGS.attacks or FLAGS.suite
     try:
         specs = evaluation.with_square_queries(evaluation.resolve_attacks(attacks), FLAGS.square_queries)
@@ -84,29 +89,29 @@ def main(argv: list[str]) -> None:
         import keras
 
         from tfrobust import data, export
-    out = FLAGS.output_dir or default_out
+    out = FLAGS.output_dir or source.default_output_dir
     try:
         files.check_output_dir(out, evaluation.REPORT_FILES, FLAGS.overwrite, what="--output_dir")
     except TfrobustError as e:
         fail(e)
-    keras.config.set_floatx(FLAGS.dtype or run_config.get("dtype", "float32"))
+    keras.config.set_floatx(FLAGS.dtype or run_settings.get("dtype", "float32"))
     try:
         sequential = not FLAGS.attacks and FLAGS.suite in evaluation.SEQUENTIAL_SUITES
-        logits_fn = export.load_logits_fn(savedmodel)
-        source = FLAGS.dataset or run_config.get("dataset", "digits")
-        splits = data.load(source, data_dir=FLAGS.data_dir or run_config.get("data_dir"))
-        expected = export.input_shape(savedmodel)
-        if tuple(splits.image_shape) != tuple(expected):
-            fail(f"dataset {source} has images of shape {splits.image_shape}, the model takes {expected}")
+        logits_fn = export.load_logits_fn(source.savedmodel)  # a damaged SavedModel: ExportError, one line
+        dataset = FLAGS.dataset or run_settings.get("dataset", "digits")
+        splits = data.load(dataset, data_dir=FLAGS.data_dir or run_settings.get("data_dir"))
+        expected = logits_fn.input_shape
+        if expected is not None and tuple(splits.image_shape) != tuple(expected):
+            fail(f"dataset {dataset} has images of shape {splits.image_shape}, the model takes {expected}")
         report = evaluation.robust_accuracy(
             logits_fn, (splits.x_test, splits.y_test), attacks=specs, eps_values=eps_values, norm=norm,
             batch_size=FLAGS.batch_size, limit=FLAGS.examples or None, seed=FLAGS.seed,
             checks="all" if FLAGS.checks == "all" else None, sequential=sequential,
-            model_path=FLAGS.model, dataset=source, verbose=FLAGS.verbose)
+            model_path=FLAGS.model, dataset=dataset, verbose=FLAGS.verbose)
     except (TfrobustError, ValueError) as e:
         fail(e)
     try:
-        report.save(out)
+        report.save(out)  # each file atomically: a failed write leaves no partial report
     except OSError as e:
         fail(f"writing the report to {e.filename or out!r} failed: {files.os_error_text(e)}", code=4)
     print(report.to_markdown())

@@ -15,6 +15,8 @@ Modules:
              autoattack
     checks   the sanity checks, one function per check (CHECKS)
     report   Report and its writers (JSON, Markdown, plot, TensorBoard)
+    model_source  what a runner's --model names: a training run (its SavedModel and the settings in its
+             config.json, checked) or a SavedModel
 
 The model is always called in inference mode: pass `lambda x: model(x, training=False)`, a
 SavedModel function from `tfrobust.export.load_logits_fn`, or a `keras.Model` (wrapped with

@@ -1,12 +1,15 @@
 """The results of an evaluation (`Report`) and its writers: JSON, a Markdown table, a plot and
-TensorBoard scalars. `Report.save` writes REPORT_FILES through `tfrobust.files`."""
+TensorBoard scalars. `Report.save` writes REPORT_FILES through `tfrobust.files`, each file atomically."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import math
 import os
 import platform
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -127,7 +130,8 @@ class Report:
 
     def to_json(self, path: str, per_example: bool = False) -> str:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        files.write_json(path, _jsonable(self.to_dict(per_example)))
+        with _naming(path):
+            files.write_json(path, _jsonable(self.to_dict(per_example)))
         return path
 
     def to_markdown(self) -> str:
@@ -199,9 +203,12 @@ class Report:
         ax.set_ylim(0, 100)
         ax.grid(alpha=0.3)
         fig.tight_layout()
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        fig.savefig(path, dpi=100)
+        png = io.BytesIO()  # rendered whole first: a failed write leaves no half image
+        fig.savefig(png, format="png", dpi=100)
         plt.close(fig)
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with _naming(path):
+            files.write_text(path, png.getvalue())
         return path
 
     def write_tensorboard(self, logdir: str, step: int = 0) -> str:
@@ -220,16 +227,29 @@ class Report:
         return logdir
 
     def save(self, directory: str) -> dict[str, str]:  # writes REPORT_FILES
-        """Write report.json, report.md, accuracy_vs_eps.png and TensorBoard scalars (logs/)."""
+        """Write report.json, report.md, accuracy_vs_eps.png and TensorBoard scalars (logs/). Each
+        file is written whole or not at all (`tfrobust.files.write_text`): a write that fails (a full
+        disk) leaves the earlier report's file as it was, and raises OSError naming the file."""
         os.makedirs(directory, exist_ok=True)
         paths = {"json": os.path.join(directory, "report.json"), "markdown": os.path.join(directory, "report.md"),
                  "plot": os.path.join(directory, "accuracy_vs_eps.png"), "logs": os.path.join(directory, "logs")}
         self.to_json(paths["json"])
-        with open(paths["markdown"], "w") as f:
-            f.write(self.to_markdown())
+        with _naming(paths["markdown"]):
+            files.write_text(paths["markdown"], self.to_markdown())
         self.plot(paths["plot"])
         self.write_tensorboard(paths["logs"])
         return paths
+
+
+@contextlib.contextmanager
+def _naming(path: str) -> Iterator[None]:
+    """An OSError from writing `path` names it (a failed write() carries no file name)."""
+    try:
+        yield
+    except OSError as e:
+        if not e.filename:
+            e.filename = path
+        raise
 
 
 def _settings_text(attack: dict[str, Any]) -> str:
