@@ -14,6 +14,8 @@ or not at all.
 
 from __future__ import annotations
 
+import os
+
 from absl import app, flags, logging
 
 from tfrobust import cli, evaluation, files  # no TensorFlow until main has checked the flags
@@ -85,11 +87,17 @@ def main(argv: list[str]) -> None:
         specs = evaluation.with_square_queries(evaluation.resolve_attacks(attacks), FLAGS.square_queries)
     except TfrobustError as e:
         fail(e)
+    out = FLAGS.output_dir or source.default_output_dir
+    if source.config_path:  # a training run: read it while it trains, but write into it only when no one does
+        run_dir = os.path.dirname(source.config_path)
+        holder = files.lock_holder(os.path.join(run_dir, ".lock"))
+        if holder and os.path.realpath(out).startswith(os.path.realpath(run_dir) + os.sep):
+            fail(f"run {run_dir!r} is in use by {holder}: its model can be evaluated, but not into the run; "
+                 "pass --output_dir elsewhere")
     with cli.native_stderr_captured():
         import keras
 
         from tfrobust import data, export
-    out = FLAGS.output_dir or source.default_output_dir
     try:
         files.check_output_dir(out, evaluation.REPORT_FILES, FLAGS.overwrite, what="--output_dir")
     except TfrobustError as e:

@@ -104,7 +104,7 @@ def test_two_workers_train_together_like_one_process(tmp_path):
         np.testing.assert_array_equal(chief[key], worker[key])
         np.testing.assert_allclose(chief[key], one[key], rtol=1e-5, atol=1e-6)
     # Only the chief wrote the run directory; the other worker's temporary copies are gone.
-    assert sorted(os.listdir(run)) == ["checkpoints", "config.json", "history.json", "logs", "savedmodel",
+    assert sorted(os.listdir(run)) == [".lock", "checkpoints", "config.json", "history.json", "logs", "savedmodel",
                                       "savedmodel_best", "summary.json"]
     assert tf.train.latest_checkpoint(str(run / "checkpoints")).endswith("-6")
     assert os.listdir(worker_tmp) == []

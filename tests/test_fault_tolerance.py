@@ -4,6 +4,7 @@ named, one line and a non-zero exit code."""
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -70,6 +71,12 @@ def test_sigkill_mid_epoch_then_rerun_equals_an_uninterrupted_run(tmp_path):
     for name in a:  # model, optimizer slots and step counter, bit for bit
         np.testing.assert_array_equal(a[name], b[name], err_msg=name)
     assert done["adv_accuracy"] == reference["adv_accuracy"]
+    # The epoch record, too: the running metrics travelled in ckpt-12, so epoch 2 averages all its
+    # batches, as the uninterrupted run's does (the clock's figures aside).
+    a, b = (json.load(open(os.path.join(d, "history.json")))["epochs"] for d in (broken, whole))
+    timing = ("images_per_second", "test_seconds")
+    assert [{k: v for k, v in e.items() if k not in timing} for e in a] == \
+        [{k: v for k, v in e.items() if k not in timing} for e in b]
 
 
 def test_nan_loss_stops_the_run_with_the_step_named(tmp_path):
@@ -138,3 +145,205 @@ def test_export_is_written_atomically(tmp_path, monkeypatch):
         export.export_classifier(classifier, str(tmp_path / "fresh"))
     assert sorted(os.listdir(tmp_path)) == ["savedmodel"]  # no staging directory, no half export
     np.testing.assert_array_equal(export.load_logits_fn(path)(x).numpy(), before)  # the old one intact
+
+
+# -- a run survives what happens to its files (issue 25) ------------------------------------------
+# One finished two-epoch run (10 steps per epoch: ckpt-10, ckpt-20) is made once; every test damages
+# a copy of it the way a user's disk, editor or second terminal would, and reruns it asking for a
+# third epoch, which continues it.
+
+_RUN = ["--method=pgd_at", "--train_examples=320", "--batch_size=32", "--attack_steps=2", "--eval_steps=2",
+        "--eval_examples=20", "--validation_size=0", "--verbose=0"]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    run = str(tmp_path_factory.mktemp("base") / "run")
+    proc = _runner(*_RUN, "--epochs=2", f"--output_dir={run}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return run
+
+
+def _copy(finished_run, tmp_path, name="run"):
+    import shutil
+    target = str(tmp_path / name)
+    shutil.copytree(finished_run, target)
+    return target
+
+
+def _stderr_lines(proc):
+    return [line for line in proc.stderr.splitlines() if line.strip()]
+
+
+def _listing(root):
+    """Every file under `root` and its bytes (the lock file aside: it names its last holder)."""
+    out = {}
+    for dirpath, _, filenames in os.walk(root):
+        for name in filenames:
+            if name == ".lock":
+                continue
+            path = os.path.join(dirpath, name)
+            out[os.path.relpath(path, root)] = open(path, "rb").read()
+    return out
+
+
+def test_a_truncated_newest_checkpoint_is_set_aside_and_the_previous_one_used(finished_run, tmp_path):
+    run = _copy(finished_run, tmp_path)
+    ckpts = os.path.join(run, "checkpoints")
+    data = [f for f in os.listdir(ckpts) if f.startswith("ckpt-20.data")][0]
+    os.truncate(os.path.join(ckpts, data), 600)
+    proc = _runner(*_RUN, "--epochs=3", f"--output_dir={run}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "at epoch 2, batch 0 (optimizer step 10)" in proc.stdout
+    warning = [line for line in _stderr_lines(proc) if "damaged" in line]
+    assert len(warning) == 1 and "ckpt-20" in warning[0] and "ckpt-10" in warning[0], proc.stderr
+    assert os.path.getsize(os.path.join(ckpts, "corrupt-" + data)) == 600  # kept, out of the rotation
+    assert json.load(open(os.path.join(run, "summary.json")))["steps"] == 30
+
+
+def test_when_no_checkpoint_restores_the_rerun_refuses_and_keeps_every_file(finished_run, tmp_path):
+    run = _copy(finished_run, tmp_path)
+    ckpts = os.path.join(run, "checkpoints")
+    for f in os.listdir(ckpts):
+        if ".data-" in f:
+            os.truncate(os.path.join(ckpts, f), 100)
+    before = _listing(run)
+    proc = _runner(*_RUN, "--epochs=3", f"--output_dir={run}")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    lines = _stderr_lines(proc)
+    assert len(lines) == 1 and "no checkpoint" in lines[0] and "ckpt-20" in lines[0] and "ckpt-10" in lines[0]
+    assert _listing(run) == before
+
+
+def test_a_garbage_checkpoint_list_is_rebuilt_never_a_restart_from_step_0(finished_run, tmp_path):
+    run = _copy(finished_run, tmp_path)
+    with open(os.path.join(run, "checkpoints", "checkpoint"), "w") as f:
+        f.write("\x00garbage{{{ not a checkpoint state")
+    proc = _runner(*_RUN, "--epochs=3", f"--output_dir={run}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "at epoch 3, batch 0 (optimizer step 20)" in proc.stdout
+    assert any("rebuilt" in line for line in _stderr_lines(proc)), proc.stderr
+    assert json.load(open(os.path.join(run, "summary.json")))["steps"] == 30
+
+
+def test_a_run_is_its_contents_moved_or_named_with_a_trailing_slash(finished_run, tmp_path):
+    moved = _copy(finished_run, tmp_path, "moved elsewhere")  # a space, too
+    proc = _runner(*_RUN, "--epochs=3", f"--output_dir={moved}/")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "at epoch 3, batch 0 (optimizer step 20)" in proc.stdout
+    assert json.load(open(os.path.join(moved, "config.json")))["output_dir"] == moved + "/"
+    assert os.path.exists(os.path.join(moved, "checkpoints", "ckpt-30.index"))
+
+
+def test_a_second_process_on_a_training_run_exits_at_once_naming_the_first(finished_run, tmp_path):
+    run = _copy(finished_run, tmp_path)
+    first = subprocess.Popen([sys.executable, RUNNER, *_RUN, "--epochs=200", f"--output_dir={run}"],
+                             env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline:  # the first holds the lock once its lock file names it
+            try:
+                if json.load(open(os.path.join(run, ".lock")))["pid"] == first.pid:
+                    break
+            except (OSError, ValueError, KeyError):
+                pass
+            assert first.poll() is None, first.communicate()[1][-3000:]
+            time.sleep(0.5)
+        before = _listing(os.path.join(run, "logs"))
+        second = _runner(*_RUN, "--epochs=200", f"--output_dir={run}")
+        assert second.returncode == 2, second.stderr[-3000:]
+        lines = _stderr_lines(second)
+        assert len(lines) == 1 and f"in use by PID {first.pid}" in lines[0], lines
+        writers = {re.search(r"\.(\d+)\.\d+\.v2$", f).group(1) for f in _listing(os.path.join(run, "logs"))}
+        assert writers <= {str(first.pid)} | {re.search(r"\.(\d+)\.\d+\.v2$", f).group(1) for f in before}
+        # evaluate.py may read the run while it trains, but not write its report into it.
+        evaluate = subprocess.run([sys.executable, os.path.join(ROOT, "runners", "evaluate.py"), f"--model={run}"],
+                                  capture_output=True, text=True, env=_env(), timeout=120)
+        assert evaluate.returncode == 2 and f"in use by PID {first.pid}" in evaluate.stderr, evaluate.stderr
+        assert not os.path.exists(os.path.join(run, "evaluation"))
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=60)
+    # The kernel released the killed run's lock: the same command continues it.
+    third = _runner(*_RUN, "--epochs=3", f"--output_dir={run}")
+    assert third.returncode in (0, 2), third.stderr[-3000:]
+    assert "in use" not in third.stderr
+
+
+def test_leftovers_of_a_failed_first_write_do_not_make_the_directory_foreign(tmp_path, monkeypatch):
+    from tfrobust import config, files, rundir
+
+    run = tmp_path / "run"
+    run.mkdir()
+
+    def full(*args, **kwargs):
+        raise OSError(28, os.strerror(28))
+
+    with monkeypatch.context() as m:  # the first write of config.json meets a full disk
+        m.setattr(os, "replace", full)
+        with pytest.raises(Exception, match="No space left on device"):
+            rundir.prepare(config.TrainConfig(output_dir=str(run)))
+    assert [e for e in os.listdir(run) if e.startswith(".tmp-")] == []  # the temporary file is gone
+    (run / ".tmp-abc123").write_text('{"half": ')  # what a killed write leaves
+    lock = rundir.RunLock(str(run))
+    assert rundir.prepare(config.TrainConfig(output_dir=str(run)), lock) is False  # a fresh run, not "foreign"
+    lock.release()
+    assert sorted(os.listdir(run)) == [".lock", "config.json"]
+    assert files.matches(".lock", rundir.RUN_ENTRIES)
+
+
+def test_a_label_of_two_billion_is_refused_before_anything_is_written(tmp_path):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (64, 8, 8, 1), dtype=np.uint8)
+    labels = np.arange(64) % 10
+    labels[5] = 2_000_000_000
+    np.savez(tmp_path / "big.npz", x_train=images, y_train=labels, x_test=images[:8], y_test=labels[:8] % 10)
+    proc = _runner("--method=standard", f"--dataset=npz:{tmp_path / 'big.npz'}", "--validation_size=0",
+                   f"--output_dir={tmp_path / 'run'}", timeout=120)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    lines = _stderr_lines(proc)
+    assert len(lines) == 1 and "2000000000" in lines[0] and "2,000,000,001 classes" in lines[0], lines
+    assert not os.path.exists(tmp_path / "run")
+
+
+def test_a_model_too_big_for_the_images_is_refused_before_anything_is_written(tmp_path):
+    proc = _runner("--method=standard", "--model=small_cnn", f"--output_dir={tmp_path / 'run'}", timeout=120)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    lines = _stderr_lines(proc)
+    assert len(lines) == 1 and "too small" in lines[0], lines
+    assert not os.path.exists(tmp_path / "run")
+
+
+def test_a_damaged_history_is_kept_aside_with_one_warning(finished_run, tmp_path):
+    run = _copy(finished_run, tmp_path)
+    path = os.path.join(run, "history.json")
+    damaged = open(path, "rb").read()[:50]
+    open(path, "wb").write(damaged)
+    proc = _runner(*_RUN, "--epochs=3", f"--output_dir={run}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    warning = [line for line in _stderr_lines(proc) if "history.json" in line]
+    assert len(warning) == 1 and "history.json.corrupt-1" in warning[0], proc.stderr
+    assert open(path + ".corrupt-1", "rb").read() == damaged
+    assert [e["epoch"] for e in json.load(open(path))["epochs"]] == [3]
+
+
+def test_a_run_killed_after_training_finishes_its_evaluation(finished_run, tmp_path):
+    run = _copy(finished_run, tmp_path)
+    os.remove(os.path.join(run, "summary.json"))  # killed after the last epoch, before its summary
+    proc = _runner(*_RUN, "--epochs=2", "--verbose=2", f"--output_dir={run}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "training done (optimizer step 20)" in proc.stdout and "epoch 3/2" not in proc.stdout
+    assert json.load(open(os.path.join(run, "summary.json")))["steps"] == 20
+
+
+def test_the_write_failure_line_keeps_the_os_reason_and_names_a_checkpoint_only_if_there_is_one(tmp_path):
+    from tfrobust import training
+
+    run = str(tmp_path / "run")
+    os.makedirs(os.path.join(run, "checkpoints"))
+    cause = "; ".join(["Failed to write to a very long path " + "x" * 60] * 4) + ": No space left on device"
+    line = training._write_failure(tf.errors.ResourceExhaustedError(None, None, cause), run)
+    assert "No space left on device" in line and "no checkpoint was complete yet" in line
+    assert "--output_dir=NEW_DIR" in line
+    line = training._write_failure(OSError(30, os.strerror(30), os.path.join(run, "history.json")), run)
+    assert "Read-only file system" in line and "history.json" in line

@@ -9,6 +9,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Sequence
 
 import keras
 import numpy as np
@@ -226,30 +227,69 @@ class TensorBoard(keras.callbacks.TensorBoard):
             super().on_epoch_end(epoch, logs)
 
 
+class MetricState(tf.Module):
+    """A copy of a model's running metric states (`model.metrics`' variables) that travels in the
+    mid-epoch checkpoints: an epoch resumed after a kill then averages over all its batches, as
+    the uninterrupted epoch does, not only over those after the restart. `step` is the optimizer
+    step the copy was taken at (-1: none)."""
+
+    def __init__(self, metrics: Sequence[keras.metrics.Metric]):
+        super().__init__(name="metric_state")
+        self.values = [tf.Variable(tf.zeros(v.shape, v.dtype), trainable=False)
+                       for m in metrics for v in m.variables]
+        self.step = tf.Variable(-1, dtype=tf.int64, trainable=False)
+
+    def capture(self, metrics: Sequence[keras.metrics.Metric], step: int) -> None:
+        for copy, variable in zip(self.values, (v for m in metrics for v in m.variables), strict=True):
+            copy.assign(variable.value)
+        self.step.assign(step)
+
+    def apply(self, metrics: Sequence[keras.metrics.Metric]) -> None:
+        for copy, variable in zip(self.values, (v for m in metrics for v in m.variables), strict=True):
+            variable.assign(copy)
+
+
 class StepCheckpoint(keras.callbacks.Callback):
     """Saves a `tf.train.CheckpointManager` every `every_steps` steps and at each epoch end.
 
     Checkpoints are numbered by the optimizer step, so a restored run knows exactly where it is.
     TensorFlow writes a checkpoint's files before it updates the `checkpoint` index file, so a
-    crash mid-write leaves the previous checkpoint as the latest one.
+    crash mid-write leaves the previous checkpoint as the latest one. With `metric_state` (part of
+    the manager's checkpoint), a mid-epoch checkpoint also holds the epoch's running metrics, and
+    `resume_metrics=True` puts them back when the first epoch of this fit begins (after Keras has
+    reset them), if they were taken at the step the run restarts from.
     """
 
-    def __init__(self, manager: tf.train.CheckpointManager, every_steps: int = 0):
+    def __init__(self, manager: tf.train.CheckpointManager, every_steps: int = 0,
+                 metric_state: MetricState | None = None, resume_metrics: bool = False):
         super().__init__()
         self.manager = manager
         self.every_steps = every_steps
+        self.metric_state = metric_state
+        self.resume_metrics = resume_metrics
 
-    def _save(self):
+    def _save(self, mid_epoch: bool):
         step = int(self.model.optimizer.iterations.numpy())
         if self.manager.latest_checkpoint is None or not self.manager.latest_checkpoint.endswith(f"-{step}"):
+            if self.metric_state is not None:
+                if mid_epoch:
+                    self.metric_state.capture(self.model.metrics, step)
+                else:
+                    self.metric_state.step.assign(-1)
             self.manager.save(checkpoint_number=step)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self.resume_metrics and self.metric_state is not None:
+            self.resume_metrics = False
+            if int(self.metric_state.step.numpy()) == int(self.model.optimizer.iterations.numpy()):
+                self.metric_state.apply(self.model.metrics)
 
     def on_train_batch_end(self, batch, logs=None):
         if self.every_steps and int(self.model.optimizer.iterations.numpy()) % self.every_steps == 0:
-            self._save()
+            self._save(mid_epoch=True)
 
     def on_epoch_end(self, epoch, logs=None):
-        self._save()
+        self._save(mid_epoch=False)
 
 
 def image_grid(clean: np.ndarray, adversarial: np.ndarray, eps: float) -> np.ndarray:
@@ -429,16 +469,26 @@ class RunProgress(keras.callbacks.ProgbarLogger):
 
 class EpochHistory(keras.callbacks.Callback):
     """Every finished epoch's logs, kept in a JSON file (`{"epochs": [...]}`, one dict per epoch,
-    with its `epoch` number) so that the history of a run resumed any number of times is whole."""
+    with its `epoch` number) so that the history of a run resumed any number of times is whole.
 
-    def __init__(self, path: str | None, write: bool = True):
+    `partial_from_batch` marks the first epoch of this fit as averaged only over its batches from
+    that one on (a mid-epoch resume from a checkpoint without the running metrics): its record then
+    says so in `partial_from_batch`."""
+
+    NOT_METRICS = ("epoch", "partial_from_batch")
+
+    def __init__(self, path: str | None, write: bool = True, partial_from_batch: int | None = None):
         super().__init__()
         self.path, self.write = path, write
+        self.partial_from_batch = partial_from_batch
         saved = _read_json(path) if path else None
         self.epochs: list[dict] = list((saved or {}).get("epochs", []))
 
     def on_epoch_end(self, epoch, logs=None):
         record = {"epoch": int(epoch) + 1, **{k: float(v) for k, v in (logs or {}).items()}}
+        if self.partial_from_batch:
+            record["partial_from_batch"] = self.partial_from_batch
+            self.partial_from_batch = None
         self.epochs = [e for e in self.epochs if e["epoch"] < record["epoch"]] + [record]
         if self.path and self.write:
             files.write_json(self.path, {"epochs": self.epochs})
@@ -448,6 +498,6 @@ class EpochHistory(keras.callbacks.Callback):
         out: dict[str, list[float]] = {}
         for record in self.epochs:
             for k, v in record.items():
-                if k != "epoch":
+                if k not in self.NOT_METRICS:
                     out.setdefault(k, []).append(v)
         return out

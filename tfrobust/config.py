@@ -126,7 +126,8 @@ class TrainConfig:
     # run
     seed: int = setting(0, "Seed of data order, initialization and attack noise.", low=0)
     deterministic: bool = setting(False, "Enable TensorFlow op determinism (slower).")
-    output_dir: str = setting("", "Run directory (default runs/METHOD-DATASET).")
+    output_dir: str = setting("", "Run directory (default runs/METHOD-DATASET). A run is its contents: moved or "
+                              "copied elsewhere, it continues from there.", resumable=True)
     overwrite: bool = setting(False, "Replace an existing run in output_dir.", resumable=True)
     resume: bool = setting(True, "Continue an unfinished run found in output_dir.", resumable=True)
     log_every_steps: int = setting(50, "TensorBoard step-level scalars every N steps.", low=1, resumable=True)
@@ -147,7 +148,7 @@ class TrainConfig:
 
     def run_dir(self) -> str:
         name = self.dataset.replace("npz:", "npz-").replace(os.sep, "_")
-        return self.output_dir or os.path.join("runs", f"{self.method}-{name}")
+        return os.path.normpath(self.output_dir or os.path.join("runs", f"{self.method}-{name}"))
 
 
 SPECS = settings.specs(TrainConfig)

@@ -1,14 +1,18 @@
-"""Files the user owns: atomic JSON writes, modes that follow the umask, output directories that are
-checked before anything is written, and OS errors as one line."""
+"""Files the user owns: atomic writes, modes that follow the umask, output directories that are
+checked before anything is written, the lock of the one process writing a directory, and OS errors
+as one line. No TensorFlow here."""
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import fnmatch
 import json
 import os
+import socket
 import tempfile
+import time
 from typing import Any
 
 from tfrobust.errors import ConfigError
@@ -87,3 +91,66 @@ def unwritable_errno(path: str) -> int:
         return errno.EROFS if os.statvfs(path).f_flag & os.ST_RDONLY else errno.EACCES
     except OSError:
         return errno.EACCES
+
+
+class DirectoryLock:
+    """The lock of the one process that writes a directory: an exclusive `fcntl.flock` on a lock
+    file in it, which the kernel releases when the process ends, however it ends (a SIGKILLed
+    process leaves no stale lock). The file names the holder (PID, host, start time) for the
+    message a second process gets. It locks on one host's kernel: a network filesystem shared by
+    several hosts may not honour it."""
+
+    def __init__(self, directory: str, name: str = ".lock", what: str = "directory"):
+        self.path = os.path.join(directory, name)
+        self.what = what
+        self._fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def acquire(self) -> None:
+        """Take the lock, or raise ConfigError naming the process that holds it."""
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666 & ~umask())
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise ConfigError(f"{self.what} {os.path.dirname(self.path)!r} is in use by {_holder(self.path)}; wait "
+                              "for it to end or stop it (a stopped process releases it at once), or choose another "
+                              "--output_dir") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                 "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}).encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
+def lock_holder(lock_path: str) -> str | None:
+    """Who holds the `DirectoryLock` whose file is `lock_path` ('PID N on HOST (since T)'), or None
+    when no process does. Takes nothing and writes nothing."""
+    try:
+        fd = os.open(lock_path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return _holder(lock_path)
+    finally:
+        os.close(fd)  # closing releases a shared lock taken here
+    return None
+
+
+def _holder(lock_path: str) -> str:
+    try:
+        with open(lock_path) as f:
+            info = json.load(f)
+        return f"PID {info['pid']} on {info['host']} (since {info['started']})"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "another process"

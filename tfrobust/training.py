@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import os
 import shutil
 from collections.abc import Sequence
@@ -22,6 +23,7 @@ import tensorflow as tf
 from tfrobust import (
     __version__,
     averaging,
+    checkpoints,
     compat,
     data,
     distribute,
@@ -40,7 +42,7 @@ from tfrobust.errors import ConfigError, RunWriteError
 from tfrobust.methods.base import AttackConfig
 from tfrobust.robust_model import RobustModel, default_eval_attack, method_config
 
-BEST_DIR = os.path.join("checkpoints", "best")  # the best-validation checkpoint and best.json
+BEST_DIR = rundir.BEST_DIR  # the best-validation checkpoint and best.json
 _COLLAPSE_PROBE_IMAGES = 10_000  # at most this many test images judge a collapse when there is no validation split
 
 __all__ = ["ConfigError", "TrainConfig", "TrainResult", "attack_config", "build_optimizer", "learning_rate",
@@ -142,7 +144,13 @@ def train(config: TrainConfig, extra_callbacks: Sequence[keras.callbacks.Callbac
     if config.batch_size % strategy.num_replicas_in_sync:
         raise ConfigError(f"batch_size {config.batch_size} is not divisible by the "
                           f"{strategy.num_replicas_in_sync} replicas")
-    resuming = rundir.prepare_on_chief(config, strategy)
+    try:  # the model must fit the data: checked before the run directory is touched
+        models.check_model(config.model, splits.image_shape, splits.num_classes,
+                           mean=splits.mean if config.normalize else None,
+                           std=splits.std if config.normalize else None, depth=config.wrn_depth, width=config.wrn_width)
+    except models.ModelError as e:
+        raise ConfigError(f"--model={config.model}: {e}") from None
+    resuming, lock = rundir.prepare_on_chief(config, strategy)
     run_dir = config.run_dir()
     # Non-chief workers write their share of checkpoints and the export to a private temporary
     # directory (deleted at the end) and nothing else.
@@ -153,14 +161,37 @@ def train(config: TrainConfig, extra_callbacks: Sequence[keras.callbacks.Callbac
     except (OSError, tf.errors.PermissionDeniedError, tf.errors.ResourceExhaustedError) as e:
         if isinstance(e, tf.errors.ResourceExhaustedError) and not _is_disk_error(e):
             raise  # out of memory, not a write
-        where = getattr(e, "filename", None) or run_dir
-        reason = files.os_error_text(e) if isinstance(e, OSError) else " ".join(e.message.split())[:200]
-        raise RunWriteError(f"writing {where!r} failed: {reason}; the last checkpoint in "
-                            f"{os.path.join(run_dir, 'checkpoints')!r} is intact: free space or fix permissions, "
-                            "then rerun the same command to continue") from None
+        raise RunWriteError(_write_failure(e, run_dir)) from None
     finally:
+        if lock is not None:
+            lock.release()
         if not chief:
             shutil.rmtree(write_dir, ignore_errors=True)
+
+
+# What a failed write's TensorFlow message may hold; the one line keeps it.
+_OS_REASONS = tuple(os.strerror(code) for code in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EIO))
+
+
+def _write_failure(error: Exception, run_dir: str) -> str:
+    """The one line of a write that failed mid-run: the path, the OS's reason, the checkpoint a
+    rerun continues from (if any), and how to continue, also on another disk."""
+    where = getattr(error, "filename", None) or run_dir
+    if isinstance(error, OSError):
+        reason = files.os_error_text(error)
+    else:
+        text = " ".join(error.message.split())
+        reason = next((r for r in _OS_REASONS if r.lower() in text.lower()), text[:300])
+    try:
+        latest = tf.train.latest_checkpoint(os.path.join(run_dir, "checkpoints"))
+    except (OSError, tf.errors.OpError):
+        latest = None
+    where_ckpt = os.path.join(run_dir, "checkpoints")
+    resume = (f"the last complete checkpoint is {os.path.basename(latest)!r} in {where_ckpt!r}" if latest else
+              "no checkpoint was complete yet, so a rerun starts the training again")
+    return (f"writing {where!r} failed: {reason}; {resume}. Free space or fix permissions and rerun the same command "
+            f"to continue, or move the run to a disk with space (mv {run_dir} NEW_DIR) and rerun with "
+            "--output_dir=NEW_DIR")
 
 
 def _train(config: TrainConfig, method: methods.Method, extra_callbacks: Sequence[keras.callbacks.Callback],
@@ -183,17 +214,27 @@ def _train(config: TrainConfig, method: methods.Method, extra_callbacks: Sequenc
                              weight_average=weight_average, monitor_clean=config.monitor_clean)
         jit = "auto" if config.jit_compile is None else config.jit_compile
         robust.compile(optimizer=build_optimizer(config, steps_per_epoch), jit_compile=jit)
-        checkpoint = tf.train.Checkpoint(model=classifier, optimizer=robust.optimizer)
+        # The epoch's running metrics travel in mid-epoch checkpoints (checkpoints of earlier
+        # versions lack them: `metric_state` is optional on restore).
+        metric_state = callbacks_lib.MetricState(robust.metrics)
+        parts = {"model": classifier, "optimizer": robust.optimizer, "metric_state": metric_state}
         if weight_average is not None:  # the averages beside the raw weights (`model`)
-            checkpoint.weight_average = weight_average
+            parts["weight_average"] = weight_average
+        checkpoint = tf.train.Checkpoint(**parts)
         manager = tf.train.CheckpointManager(checkpoint, os.path.join(write_dir, "checkpoints"), max_to_keep=3)
-        # Every worker restores the chief's checkpoint (multi-worker runs need a shared output_dir).
+        # Every worker restores the chief's checkpoint (multi-worker runs need a shared output_dir),
+        # which the chief has checked (`rundir.prepare`: damaged ones are set aside).
         latest = tf.train.latest_checkpoint(os.path.join(run_dir, "checkpoints")) if resuming else None
         if latest:
-            checkpoint.restore(latest).assert_existing_objects_matched()
+            checkpoints.restore(parts, latest, optional=("metric_state",))
 
     done = int(robust.optimizer.iterations.numpy())
     start_epoch, skip = divmod(done, steps_per_epoch)
+    # A mid-epoch restart without the epoch's running metrics: its record covers only batches skip..
+    metrics_lost = bool(skip) and start_epoch < config.epochs and int(metric_state.step.numpy()) != done
+    if metrics_lost and chief and config.verbose != 0:
+        print(f"note: the checkpoint holds no running metrics of epoch {start_epoch + 1}; its record averages "
+              f"batches {skip}-{steps_per_epoch - 1} only (history.json: partial_from_batch)", flush=True)
     if distribute.broadcast_from_chief(strategy, done) != done:
         raise ConfigError(f"this worker restored optimizer step {done} but the chief another one; multi-worker "
                           "runs need an output_dir that every worker sees")
@@ -201,7 +242,8 @@ def _train(config: TrainConfig, method: methods.Method, extra_callbacks: Sequenc
         print(banner(config, method, splits, strategy, steps_per_epoch,
                      resumed_at=(start_epoch, skip, done) if resuming else None), flush=True)
     elif chief and resuming:  # quiet, but a continued run says so
-        print(f"Continuing {run_dir} at epoch {start_epoch + 1}, batch {skip} (optimizer step {done}).")
+        print(f"Continuing {run_dir} at epoch {start_epoch + 1}, batch {skip} (optimizer step {done})."
+              if start_epoch < config.epochs else f"Finishing {run_dir}: training done (optimizer step {done}).")
 
     augment = data.is_cifar_like(splits) if config.augment is None else config.augment
     x_show, y_show = (splits.x_val, splits.y_val) if len(splits.x_val) else (splits.x_test, splits.y_test)
@@ -220,7 +262,8 @@ def _train(config: TrainConfig, method: methods.Method, extra_callbacks: Sequenc
         write_state=chief, verbose=chief) if validation is not None else None
     epoch_test = callbacks_lib.EpochTest(
         lambda: _epoch_test_accuracy(config, robust, splits)) if config.epoch_test_examples else None
-    epoch_history = callbacks_lib.EpochHistory(os.path.join(run_dir, rundir.HISTORY_FILE), write=chief)
+    epoch_history = callbacks_lib.EpochHistory(os.path.join(run_dir, rundir.HISTORY_FILE), write=chief,
+                                               partial_from_batch=skip if metrics_lost else None)
     # Collapse is judged on the validation images, else the test images (predictions only, no labels).
     probe, probe_what = (((splits.x_val, splits.y_val), "validation images") if len(splits.x_val) else
                          ((splits.x_test, splits.y_test), "test images"))
@@ -234,7 +277,8 @@ def _train(config: TrainConfig, method: methods.Method, extra_callbacks: Sequenc
         callbacks_lib.RunProgress(config.epochs),
         callbacks_lib.StopOnNonFiniteLoss(),
         *summaries,
-        callbacks_lib.StepCheckpoint(manager, config.checkpoint_every_steps),
+        callbacks_lib.StepCheckpoint(manager, config.checkpoint_every_steps, metric_state=metric_state,
+                                     resume_metrics=bool(skip)),
         *([best] if best else []),
         epoch_history,
         *([callbacks_lib.StopOnCollapse(epoch_history, config.stop_on_collapse)] if config.stop_on_collapse else []),
@@ -300,8 +344,12 @@ def banner(config: TrainConfig, method: methods.Method, splits: data.Splits, str
     attack = ("no attack (clean inputs)" if method.name == "standard" else
               f"{a.steps} steps of {a.step_size:g}, model in {a.bn_mode} mode while attacking")
     h, w, c = splits.image_shape
-    where = (f"continuing at epoch {resumed_at[0] + 1}/{config.epochs}, batch {resumed_at[1]} "
-             f"(optimizer step {resumed_at[2]})" if resumed_at else "new run")
+    where = "new run"
+    if resumed_at and resumed_at[0] >= config.epochs:
+        where = f"training done (optimizer step {resumed_at[2]}); finishing its export and evaluation"
+    elif resumed_at:
+        where = (f"continuing at epoch {resumed_at[0] + 1}/{config.epochs}, batch {resumed_at[1]} "
+                 f"(optimizer step {resumed_at[2]})")
     precision = config.dtype if config.mixed_precision == "none" else config.mixed_precision
     return "\n".join([
         f"tfrobust {__version__}: {method.name}" + (f" ({options})" if options else ""),

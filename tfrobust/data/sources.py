@@ -209,6 +209,9 @@ def _load_npz(path: str) -> tuple:
     x_test, y_test = _checked_arrays(arrays["x_test"], arrays["y_test"], "x_test", "y_test")
     _check_same_image_shape(x_train, x_test)
     num_classes = int(y_train.max()) + 1
+    if num_classes > len(y_train):  # a class count is bounded by the examples that could show each class
+        raise DataError(f"y_train contains the label {num_classes - 1}, which implies {num_classes:,} classes, more "
+                        f"than its {len(y_train):,} training images; labels must be class indices 0..K-1")
     _check_labels(num_classes, y_test=y_test)
     return x_train, y_train, x_test, y_test, num_classes
 

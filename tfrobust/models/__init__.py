@@ -28,7 +28,8 @@ from tfrobust.lazy import lazy_import
 keras = lazy_import("keras")
 _common = lazy_import("tfrobust.models._common")
 
-__all__ = ["ARCHITECTURES", "MIN_INPUT_SIZES", "MODEL_NAMES", "Architecture", "ModelError", "build_model"]
+__all__ = ["ARCHITECTURES", "MIN_INPUT_SIZES", "MODEL_NAMES", "Architecture", "ModelError", "build_model",
+           "check_model"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,6 +82,35 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+def check_model(
+    name: str,
+    input_shape: tuple[int, int, int],
+    num_classes: int,
+    *,
+    mean: tuple[float, ...] | None = None,
+    std: tuple[float, ...] | None = None,
+    depth: int = 34,
+    width: int = 10,
+) -> tuple[int, int, int]:
+    """Check what :func:`build_model` would be given, without building anything: raises the
+    ModelError it would raise (unknown name, input too small, bad depth or width, mean/std,
+    class count). Returns the checked input shape. The train runner calls it before it writes
+    anything."""
+    if name not in ARCHITECTURES:
+        raise _common.ModelError(
+            f"unknown model name {name!r}; accepted: {', '.join(MODEL_NAMES)}"
+        )
+    arch = ARCHITECTURES[name]
+    options = {k: v for k, v in {"depth": depth, "width": width}.items() if k in arch.options}
+    _common.check_num_classes(num_classes)
+    if arch.check_options is not None:
+        arch.check_options(**options)
+    shape = _common.check_input_shape(input_shape)
+    _common.check_min_size(name, shape, arch.min_input_size)
+    _common.check_mean_std(mean, std, shape[2])
+    return shape
+
+
 def build_model(
     name: str,
     input_shape: tuple[int, int, int],
@@ -120,19 +150,10 @@ def build_model(
             the architecture, bad WRN depth/width, ``mean``/``std`` length not
             equal to the channel count, ``std <= 0``, or ``num_classes < 2``.
     """
-    if name not in ARCHITECTURES:
-        raise _common.ModelError(
-            f"unknown model name {name!r}; accepted: {', '.join(MODEL_NAMES)}"
-        )
+    # Validate everything before touching the global random state.
+    shape = check_model(name, input_shape, num_classes, mean=mean, std=std, depth=depth, width=width)
     arch = ARCHITECTURES[name]
     options = {k: v for k, v in {"depth": depth, "width": width}.items() if k in arch.options}
-    # Validate everything before touching the global random state.
-    _common.check_num_classes(num_classes)
-    if arch.check_options is not None:
-        arch.check_options(**options)
-    shape = _common.check_input_shape(input_shape)
-    _common.check_min_size(name, shape, arch.min_input_size)
-    _common.check_mean_std(mean, std, shape[2])
     if seed is not None:
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise _common.ModelError(f"seed must be an integer or None, got {seed!r}")
