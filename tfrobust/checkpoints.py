@@ -14,6 +14,7 @@ first, keeps the first that reads completely, sets the damaged newer ones aside 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import re
 
@@ -64,10 +65,15 @@ def damage(prefix: str) -> str | None:
 def listed(directory: str) -> list[str] | None:
     """The checkpoint prefixes the index file lists (as full paths), or None when the index is
     missing or unreadable."""
+    logger = logging.getLogger("tensorflow")  # which logs a garbage index's ParseError: the caller says it
+    level = logger.level
+    logger.setLevel(logging.ERROR)
     try:
         state = tf.train.get_checkpoint_state(directory)
-    except Exception:  # noqa: BLE001 (a garbage index: ParseError; a directory in its place: errors)
+    except Exception:  # noqa: BLE001 (a directory in its place, an unreadable file)
         return None
+    finally:
+        logger.setLevel(level)
     if state is None:
         return None
     return [p if os.path.isabs(p) else os.path.join(directory, p) for p in state.all_model_checkpoint_paths]
