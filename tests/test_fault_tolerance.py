@@ -348,3 +348,19 @@ def test_the_write_failure_line_keeps_the_os_reason_and_names_a_checkpoint_only_
     assert "--output_dir=NEW_DIR" in line
     line = training._write_failure(OSError(30, os.strerror(30), os.path.join(run, "history.json")), run)
     assert "Read-only file system" in line and "history.json" in line
+
+
+def test_a_damaged_best_checkpoint_is_set_aside_and_the_best_chosen_again(tmp_path):
+    run = str(tmp_path / "run")
+    flags = [*_RUN[:-2], "--validation_size=64", "--verbose=0", f"--output_dir={run}"]
+    first = _runner(*flags, "--epochs=1")
+    assert first.returncode == 0, first.stderr[-3000:]
+    best = os.path.join(run, "checkpoints", "best")
+    data = [f for f in os.listdir(best) if ".data-" in f][0]
+    os.truncate(os.path.join(best, data), 100)
+    proc = _runner(*flags, "--epochs=2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = _stderr_lines(proc)
+    assert len(lines) == 1 and "best checkpoint" in lines[0] and "set aside" in lines[0], lines
+    assert os.path.getsize(os.path.join(best, "corrupt-" + data)) == 100
+    assert json.load(open(os.path.join(run, "summary.json")))["best_epoch"] == 2
