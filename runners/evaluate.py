@@ -21,6 +21,7 @@ from absl import app, flags, logging
 from tfrobust import cli, evaluation, files  # no TensorFlow until main has checked the flags
 from tfrobust.errors import TfrobustError
 from tfrobust.evaluation import model_source
+from tfrobust.layout import LOCK_FILE
 
 flags.DEFINE_string("model", None, "A training run directory, or an exported SavedModel directory.")
 flags.DEFINE_string("dataset", None, "Dataset (as for train.py); default: the run's dataset, else digits.")
@@ -90,7 +91,7 @@ def main(argv: list[str]) -> None:
     out = FLAGS.output_dir or source.default_output_dir
     if source.config_path:  # a training run: read it while it trains, but write into it only when no one does
         run_dir = os.path.dirname(source.config_path)
-        holder = files.lock_holder(os.path.join(run_dir, ".lock"))
+        holder = files.lock_holder(os.path.join(run_dir, LOCK_FILE))
         if holder and os.path.realpath(out).startswith(os.path.realpath(run_dir) + os.sep):
             fail(f"run {run_dir!r} is in use by {holder}: its model can be evaluated, but not into the run; "
                  "pass --output_dir elsewhere")

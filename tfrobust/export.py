@@ -23,9 +23,9 @@ from tensorflow.core.protobuf import saved_model_pb2
 
 from tfrobust import files
 from tfrobust.errors import ConfigError
+from tfrobust.layout import SAVED_MODEL_FILE
 
 SERVING_ENDPOINT = "serve"
-SAVED_MODEL_FILE = "saved_model.pb"
 # What tf.saved_model.load raises for damaged or missing files: an unreadable file (OSError), a
 # truncated variables index or data file (OpError, IndexError: "Read less bytes than requested"), an
 # object graph that does not match (ValueError, LookupError, AssertionError).

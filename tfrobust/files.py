@@ -100,7 +100,7 @@ class DirectoryLock:
     message a second process gets. It locks on one host's kernel: a network filesystem shared by
     several hosts may not honour it."""
 
-    def __init__(self, directory: str, name: str = ".lock", what: str = "directory"):
+    def __init__(self, directory: str, name: str, what: str = "directory"):
         self.path = os.path.join(directory, name)
         self.what = what
         self._fd: int | None = None

@@ -37,11 +37,8 @@ from tfrobust import checkpoints, distribute, files
 from tfrobust import config as config_lib
 from tfrobust.config import TrainConfig
 from tfrobust.errors import ConfigError
+from tfrobust.layout import CONFIG_FILE, HISTORY_FILE, LOCK_FILE, SUMMARY_FILE
 
-CONFIG_FILE = "config.json"
-SUMMARY_FILE = "summary.json"
-HISTORY_FILE = "history.json"  # every finished epoch's logs, across resumes
-LOCK_FILE = ".lock"
 BEST_DIR = os.path.join("checkpoints", "best")  # the best-validation checkpoint (best-STEP) and best.json
 # config.json names its format, so a directory is taken for a tfrobust run only if it is one.
 FORMAT_KEY, FORMAT, FORMAT_VERSION_KEY, FORMAT_VERSION = "format", "tfrobust.run", "format_version", 1
@@ -126,9 +123,13 @@ class RunLock(files.DirectoryLock):
         super().__init__(run_dir, LOCK_FILE, what="run")
 
 
-def in_use(run_dir: str) -> str | None:
-    """Who holds the run's lock ('PID N on HOST (since T)'), or None when no process does."""
-    return files.lock_holder(os.path.join(run_dir, LOCK_FILE))
+def _keep_aside(path: str) -> str:
+    """Rename `path` to PATH.corrupt-N, N the first free number (never over an earlier one)."""
+    n = 1
+    while os.path.exists(f"{path}.corrupt-{n}"):
+        n += 1
+    os.replace(path, f"{path}.corrupt-{n}")
+    return f"{os.path.basename(path)}.corrupt-{n}"
 
 
 def _set_aside_corrupt_json(run_dir: str, warn) -> None:
@@ -144,11 +145,8 @@ def _set_aside_corrupt_json(run_dir: str, warn) -> None:
         except (OSError, ValueError):
             ok = False
         if not ok:
-            n = 1
-            while os.path.exists(f"{path}.corrupt-{n}"):
-                n += 1
-            os.replace(path, f"{path}.corrupt-{n}")
-            warn(f"warning: {path!r} was damaged; kept as {os.path.basename(path)}.corrupt-{n}"
+            kept = _keep_aside(path)
+            warn(f"warning: {path!r} was damaged; kept as {kept}"
                  + ("; the epochs it held are missing from the new history" if name == HISTORY_FILE else ""))
 
 
@@ -175,7 +173,7 @@ def _set_aside_best(directory: str, warn) -> None:
         checkpoints.set_aside(prefix)
     state = os.path.join(directory, "best.json")
     if os.path.exists(state):
-        os.replace(state, state + ".corrupt-1")
+        _keep_aside(state)
     warn(f"warning: the best checkpoint in {directory!r} does not restore; set aside, and the best model is chosen "
          "again from the epochs still to run")
 

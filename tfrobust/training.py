@@ -232,9 +232,6 @@ def _train(config: TrainConfig, method: methods.Method, extra_callbacks: Sequenc
     start_epoch, skip = divmod(done, steps_per_epoch)
     # A mid-epoch restart without the epoch's running metrics: its record covers only batches skip..
     metrics_lost = bool(skip) and start_epoch < config.epochs and int(metric_state.step.numpy()) != done
-    if metrics_lost and chief and config.verbose != 0:
-        print(f"note: the checkpoint holds no running metrics of epoch {start_epoch + 1}; its record averages "
-              f"batches {skip}-{steps_per_epoch - 1} only (history.json: partial_from_batch)", flush=True)
     if distribute.broadcast_from_chief(strategy, done) != done:
         raise ConfigError(f"this worker restored optimizer step {done} but the chief another one; multi-worker "
                           "runs need an output_dir that every worker sees")
@@ -244,6 +241,9 @@ def _train(config: TrainConfig, method: methods.Method, extra_callbacks: Sequenc
     elif chief and resuming:  # quiet, but a continued run says so
         print(f"Continuing {run_dir} at epoch {start_epoch + 1}, batch {skip} (optimizer step {done})."
               if start_epoch < config.epochs else f"Finishing {run_dir}: training done (optimizer step {done}).")
+    if metrics_lost and chief and config.verbose != 0:
+        print(f"note: the checkpoint holds no running metrics of epoch {start_epoch + 1}; its record averages "
+              f"batches {skip}-{steps_per_epoch - 1} only (history.json: partial_from_batch)", flush=True)
 
     augment = data.is_cifar_like(splits) if config.augment is None else config.augment
     x_show, y_show = (splits.x_val, splits.y_val) if len(splits.x_val) else (splits.x_test, splits.y_test)

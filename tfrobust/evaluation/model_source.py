@@ -19,10 +19,8 @@ from typing import Any
 from tfrobust import config as config_lib
 from tfrobust import files, settings
 from tfrobust.errors import ConfigError
+from tfrobust.layout import CONFIG_FILE, SAVED_MODEL_FILE, SAVEDMODEL_DIR
 
-CONFIG_FILE = "config.json"  # tfrobust.rundir.CONFIG_FILE (rundir imports TensorFlow)
-SAVEDMODEL_DIR = "savedmodel"
-SAVED_MODEL_FILE = "saved_model.pb"
 # The settings of a run that evaluation uses (each also a flag of runners/evaluate.py).
 EVALUATION_SETTINGS = ("dataset", "data_dir", "eps", "norm", "dtype")
 _SPECS = {spec.name: spec for spec in config_lib.SPECS if spec.name in EVALUATION_SETTINGS}

@@ -82,6 +82,11 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+def _options(arch: Architecture, depth: int, width: int) -> dict[str, int]:
+    """The architecture options (WRN depth and width) that `arch` takes."""
+    return {k: v for k, v in {"depth": depth, "width": width}.items() if k in arch.options}
+
+
 def check_model(
     name: str,
     input_shape: tuple[int, int, int],
@@ -101,7 +106,7 @@ def check_model(
             f"unknown model name {name!r}; accepted: {', '.join(MODEL_NAMES)}"
         )
     arch = ARCHITECTURES[name]
-    options = {k: v for k, v in {"depth": depth, "width": width}.items() if k in arch.options}
+    options = _options(arch, depth, width)
     _common.check_num_classes(num_classes)
     if arch.check_options is not None:
         arch.check_options(**options)
@@ -153,9 +158,8 @@ def build_model(
     # Validate everything before touching the global random state.
     shape = check_model(name, input_shape, num_classes, mean=mean, std=std, depth=depth, width=width)
     arch = ARCHITECTURES[name]
-    options = {k: v for k, v in {"depth": depth, "width": width}.items() if k in arch.options}
     if seed is not None:
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise _common.ModelError(f"seed must be an integer or None, got {seed!r}")
         keras.utils.set_random_seed(seed)
-    return arch.build(shape, num_classes, mean=mean, std=std, **options)
+    return arch.build(shape, num_classes, mean=mean, std=std, **_options(arch, depth, width))
