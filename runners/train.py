@@ -2,15 +2,18 @@
 
     python runners/train.py --method=atent
     python runners/train.py --flagfile=flags/mnist_trades.cfg --output_dir=runs/trades
+    python runners/train.py --import=my_module --method=my_method --model=my_model
 
 Flags in, one `tfrobust.training.train` call out. A bad flag value ends with one line on stderr
-and exit code 2, within a second: every flag is parsed and checked before TensorFlow is imported. An
-existing run directory is continued (same configuration), or refused.
+and exit code 2, within a second: every flag is parsed and checked before TensorFlow is imported (unless
+a module given with --import imports it). An existing run directory is continued (same configuration),
+or refused.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 
 from absl import app, flags, logging
 
@@ -18,9 +21,16 @@ from tfrobust import cli, methods  # neither imports TensorFlow; tfrobust.traini
 from tfrobust.config import TrainConfig, validate
 from tfrobust.errors import ConfigError, TfrobustError
 
+# --import=MODULE first: the methods and models it registers become choices of --method and --model
+# and bring their hyperparameter flags.
+cli.import_modules("train.py", sys.argv)
+cli.define_import_flag()
 cli.define_flags(TrainConfig)
 # One flag per method hyperparameter (e.g. --beta, --lambda_mi); unset means the method's default.
-_METHOD_FLAGS = cli.define_method_flags(methods.REGISTRY)
+try:
+    _METHOD_FLAGS = cli.define_method_flags(methods.REGISTRY)
+except ConfigError as e:  # a registered method whose hyperparameter cannot be a flag
+    cli.fail("train.py", e)
 FLAGS = flags.FLAGS
 
 

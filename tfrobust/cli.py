@@ -6,6 +6,7 @@ Import this before TensorFlow: it does not import it.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import sys
 import tempfile
@@ -58,6 +59,61 @@ def flags_parser(program: str) -> Callable[[list[str]], list[str]]:
     return parse
 
 
+IMPORT_HELP = ("Import this module (a dotted path, found from the current directory or the Python path) before "
+               "the other flags are read, so that the methods and models it registers (tfrobust.methods.register, "
+               "tfrobust.models.register) can be named with --method and --model; repeatable.")
+
+
+def define_import_flag(flag_values=None) -> None:
+    """Define the repeatable `--import=MODULE` flag (read by `import_modules`)."""
+    from absl import flags
+
+    fv = flags.FLAGS if flag_values is None else flag_values  # an empty FlagValues is falsy
+    flags.DEFINE_multi_string("import", [], IMPORT_HELP, flag_values=fv)
+
+
+def _import_problem(name: str) -> str | None:
+    """Import module `name`; why it failed, or None."""
+    if not all(part.isidentifier() for part in name.split(".")):
+        return "not a module path such as mypkg.mymodule"
+    try:
+        importlib.import_module(name)
+    except ModuleNotFoundError as e:
+        if e.name and (name == e.name or name.startswith(e.name + ".")):
+            return f"no module named {e.name!r} in the current directory or on the Python path"
+        return f"importing it failed: {type(e).__name__}: {e}"
+    except Exception as e:  # a module failing on import, whatever the reason: one line, exit 2
+        from tfrobust.errors import TfrobustError
+
+        return f"importing it failed: {e if isinstance(e, TfrobustError) else f'{type(e).__name__}: {e}'}"
+    return None
+
+
+def import_modules(program: str, argv: list[str]) -> list[str]:
+    """Import the modules that the `--import` flags of `argv` name (flagfiles included), in order, before
+    a runner defines the flags that list methods and models. A module that cannot be found or fails on
+    import ends the program with one line and exit code 2. Returns the names imported.
+
+    Any other flag error is left to the runner's own parse, which reports it."""
+    from absl import flags
+
+    wanted = flags.FlagValues()
+    define_import_flag(wanted)
+    try:
+        wanted(argv, known_only=True)
+    except flags.Error:
+        return []
+    names = wanted["import"].value
+    if names and os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())
+    for name in names:
+        with native_stderr_captured():  # the module may import TensorFlow, which logs while it starts
+            problem = _import_problem(name)
+        if problem:
+            fail(program, f"--import={name}: {problem}")
+    return names
+
+
 def _flag_help(spec, unset_defaults: dict[str, object] | None) -> str:
     text = spec.help
     bounds = spec.bounds_text()
@@ -76,12 +132,25 @@ def _flag_help(spec, unset_defaults: dict[str, object] | None) -> str:
 def define_method_flags(registry: dict[str, type], flag_values=None) -> list[str]:
     """One flag per hyperparameter of the methods in `registry` (name -> method dataclass), unset
     (None) by default so that each method keeps its own default; a name several methods share is
-    one flag whose help lists each method's default."""
-    from tfrobust import settings
+    one flag whose help lists each method's default. Raises ConfigError for a hyperparameter named as
+    a flag defined before (the runner's own settings), or shared by methods as different types."""
+    from absl import flags
 
+    from tfrobust import settings
+    from tfrobust.errors import ConfigError
+
+    fv = flags.FLAGS if flag_values is None else flag_values  # an empty FlagValues is falsy
     defaults: dict[str, dict[str, object]] = {}
+    first: dict[str, tuple[str, settings.Spec]] = {}
     for name, cls in sorted(registry.items()):
         for spec in settings.specs(cls):
+            if spec.name in fv and spec.name not in first:
+                raise ConfigError(f"method {name}'s hyperparameter {spec.name!r} has the name of the runner's flag "
+                                  f"--{spec.name}: rename the hyperparameter")
+            other, known = first.setdefault(spec.name, (name, spec))
+            if (known.kind, known.optional, known.choices) != (spec.kind, spec.optional, spec.choices):
+                raise ConfigError(f"methods {other} and {name} both take --{spec.name}, as different types or "
+                                  "choices; one flag cannot be both: rename one of them")
             defaults.setdefault(spec.name, {})[name] = spec.default
     defined = []
     for _, cls in sorted(registry.items()):
@@ -99,7 +168,7 @@ def define_flags(cls: type, *, unset_defaults: dict[str, dict[str, object]] | No
 
     from tfrobust import settings
 
-    fv = flag_values or flags.FLAGS
+    fv = flags.FLAGS if flag_values is None else flag_values
     defined = []
     for spec in settings.specs(cls):
         if not spec.flag or spec.name in fv:
@@ -137,7 +206,7 @@ def values_from_flags(cls: type, names=None, flag_values=None) -> dict:
     from tfrobust import settings
     from tfrobust.errors import ConfigError
 
-    fv = flag_values or flags.FLAGS
+    fv = flags.FLAGS if flag_values is None else flag_values
     values = {}
     for spec in settings.specs(cls):
         if not spec.flag or spec.name not in fv or (names is not None and spec.name not in names):
