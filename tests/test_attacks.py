@@ -110,3 +110,92 @@ def test_input_gradient_rescale_keeps_each_examples_direction(digits_cnn, digits
     ratio = np.linalg.norm(scaled, axis=1) / np.linalg.norm(plain, axis=1)
     np.testing.assert_allclose(scaled, plain * ratio[:, None], rtol=1e-4, atol=1e-7 * np.abs(scaled).max())
     assert ratio.min() > 1.0  # the logit gradient's largest entry is below 1, so every row grows
+
+
+# -- the l-inf path in the references' float32 arithmetic (issue 22) ---------------------------
+
+EPS32, STEP32, STEPS32 = 0.3, 0.02, 20  # the MNIST protocol's training attack
+
+
+def _official_inputs(seed=0, batch=16):
+    """MNIST-like float32 images (k / 255, half of them 0, some 1), TRADES' start noise N(0, I) and
+    one gradient-sign tensor per step ({-1, 0, 1}; ReLU networks give exact zeros too)."""
+    r = np.random.default_rng(seed)
+    x = (r.integers(0, 256, size=(batch, 28, 28, 1)) / 255).astype(np.float32)
+    x[r.uniform(size=x.shape) < 0.5] = 0.0
+    x[r.uniform(size=x.shape) < 0.05] = 1.0
+    noise = r.standard_normal(size=x.shape).astype(np.float32)
+    signs = r.choice(np.array([-1.0, 0.0, 1.0], np.float32), p=[0.45, 0.1, 0.45], size=(STEPS32, *x.shape))
+    return x, noise, signs
+
+
+def _official_linf_path(x, start, signs, eps, step):
+    """The iterates of TRADES `trades.py` and MART `mart.py` (l_inf) given each step's gradient sign,
+    in float32 as PyTorch computes them (a Python float meets a float32 tensor as float32):
+
+        x_adv = x_adv + step_size * sign(grad)
+        x_adv = torch.min(torch.max(x_adv, x_natural - epsilon), x_natural + epsilon)
+        x_adv = torch.clamp(x_adv, 0.0, 1.0)
+    """
+    eps, step, zero, one = np.float32(eps), np.float32(step), np.float32(0), np.float32(1)
+    x_adv, path = start, []
+    for sign in signs:
+        x_adv = x_adv + step * sign
+        x_adv = np.clip(np.minimum(np.maximum(x_adv, x - eps), x + eps), zero, one)
+        path.append(x_adv)
+    return path
+
+
+def _signs_fed_pgd(x, noise, signs, monkeypatch, steps=STEPS32):
+    """tfrobust's PGD in float32 from TRADES' start x + 0.001 N(0, I) (not clipped), whose input
+    gradient at step t is signs[t]: the objective is the linear sum(x' * signs[t])."""
+    monkeypatch.setattr(pgd.rng, "normal", lambda seed, like: tf.constant(noise))
+    calls = iter(range(steps))
+    flat = signs.reshape(len(signs), len(x), -1)
+
+    def objective(logits, y):
+        return tf.reduce_sum(logits * flat[next(calls)], axis=-1)
+
+    return pgd.pgd(lambda v: tf.reshape(v, [len(x), -1]), x, np.zeros(len(x), np.int32), eps=EPS32,
+                   step_size=STEP32, steps=steps, start="normal", clip_start=False, objective=objective,
+                   unroll=True).numpy()
+
+
+def test_float32_pgd_on_the_official_signs_is_the_official_path_bit_for_bit(monkeypatch):
+    """Fails with the projection x + clip(x' - x, -eps, eps): one rounding apart in a fraction of the
+    components of every step, and the path drifts from there."""
+    x, noise, signs = _official_inputs()
+    start = x + np.float32(0.001) * noise
+    official = _official_linf_path(x, start, signs, EPS32, STEP32)
+    for steps in (1, STEPS32):
+        ours = _signs_fed_pgd(x, noise, signs[:steps], monkeypatch, steps)
+        assert ours.dtype == np.float32
+        differ = int((ours != official[steps - 1]).sum())
+        assert differ == 0, f"after {steps} step(s) {differ} of {ours.size} components differ from the official path"
+
+
+def test_the_delta_form_would_round_differently():
+    """The control: the other form of the same projection differs from the references' in float32 on
+    these inputs, so the test above can tell them apart."""
+    x, noise, signs = _official_inputs()
+    moved = x + np.float32(0.001) * noise + np.float32(STEP32) * signs[0]
+    eps = np.float32(EPS32)
+    delta_form = x + np.clip(moved - x, -eps, eps)
+    reference = np.minimum(np.maximum(moved, x - eps), x + eps)
+    assert (delta_form != reference).mean() > 1e-3
+
+
+def test_the_official_path_is_what_pytorch_computes():
+    """The NumPy stand-in above equals trades.py's own PyTorch arithmetic (skipped without torch)."""
+    torch = pytest.importorskip("torch")
+    x, noise, signs = _official_inputs(seed=1)
+    x_natural = torch.from_numpy(x)
+    x_adv = x_natural + 0.001 * torch.from_numpy(noise)
+    np.testing.assert_array_equal(x_adv.numpy(), x + np.float32(0.001) * noise)
+    official = _official_linf_path(x, x_adv.numpy(), signs, EPS32, STEP32)
+    epsilon, step_size = EPS32, STEP32
+    for t, sign in enumerate(signs):
+        x_adv = x_adv + step_size * torch.from_numpy(sign)
+        x_adv = torch.min(torch.max(x_adv, x_natural - epsilon), x_natural + epsilon)
+        x_adv = torch.clamp(x_adv, 0.0, 1.0)
+        np.testing.assert_array_equal(x_adv.numpy(), official[t])

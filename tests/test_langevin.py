@@ -85,6 +85,51 @@ def test_step_noise_is_seeded_gaussian_with_scale_noise_sqrt_2_step():
     assert abs(z.mean()) < 0.05 and abs(z.std() - 1.0) < 0.05
 
 
+def _stochat_linf_path(x, start, signs, noise, eps, step, ep):
+    """StochAT's l-inf iterates (`adversarial/functional.py`, projector on) given each step's gradient
+    sign and Gaussian draw, in float32 as PyTorch computes them: `x_adv += sign(grad) * step`, then
+    `x_adv += ep * np.sqrt(2 * step) * randn` (the scale a float64 number, rounded to float32 where
+    it meets the draw), then `utils.project` (torch.max(torch.min(x_adv, x + eps), x - eps)) and
+    clamp(0, 1)."""
+    step32, eps32, scale = np.float32(step), np.float32(eps), np.float32(ep * np.sqrt(2 * step))
+    x_adv, path = start, []
+    for sign, draw in zip(signs, noise):
+        x_adv = x_adv + sign * step32
+        x_adv = x_adv + scale * draw
+        x_adv = np.clip(np.maximum(np.minimum(x_adv, x + eps32), x - eps32), np.float32(0), np.float32(1))
+        path.append(x_adv)
+    return path
+
+
+@pytest.mark.parametrize("ep", [1e-4, 0.05])
+def test_float32_langevin_steps_on_the_official_signs_are_stochats_bit_for_bit(ep, monkeypatch):
+    """ATENT's sampler in float32, fed the reference's gradient signs and noise draws, gives its
+    iterates exactly: the projection's arithmetic (`ball.project`) and the noise scale's rounding
+    (`langevin.noise_scale`) are the reference's."""
+    r = np.random.default_rng(3)
+    x = (r.integers(0, 256, size=(8, 28, 28, 1)) / 255).astype(np.float32)
+    x[r.uniform(size=x.shape) < 0.5] = 0.0
+    steps, eps, step = 20, 0.3, 0.02
+    start = x + np.float32(eps) * np.sign(r.standard_normal(size=x.shape)).astype(np.float32)  # not clipped
+    signs = r.choice(np.array([-1.0, 0.0, 1.0], np.float32), p=[0.45, 0.1, 0.45], size=(steps, *x.shape))
+    draws = r.standard_normal(size=(steps, *x.shape)).astype(np.float32)
+    official = _stochat_linf_path(x, start, signs, draws, eps, step, ep)
+    x_adv = tf.constant(start)
+    for t in range(steps):
+        monkeypatch.setattr(langevin.rng, "normal", lambda seed, like, t=t: tf.constant(draws[t]))
+        x_adv = langevin.langevin_step(x_adv, tf.constant(x), tf.constant(signs[t]), step_size=step, noise=ep,
+                                       norm="linf", seed=tf.constant([0, t]), eps=eps, project=True)
+        differ = int((x_adv.numpy() != official[t]).sum())
+        assert differ == 0, f"step {t + 1}: {differ} of {x.size} components differ from StochAT's iterate"
+
+
+def test_the_noise_scale_is_rounded_once_as_the_reference_rounds_it():
+    x = tf.zeros([2, 1], tf.float32)
+    assert langevin.noise_scale(1e-4, 0.02, x).numpy() == np.float32(1e-4 * np.sqrt(2 * 0.02))
+    per_example = langevin.noise_scale(1e-4, tf.constant([0.02, 0.01], tf.float32), x).numpy()
+    np.testing.assert_allclose(per_example.ravel(), [2e-5, 1e-4 * np.sqrt(0.02)], rtol=1e-7)
+
+
 def test_iterate_weights_are_the_exponential_average():
     np.testing.assert_allclose(langevin.iterate_weights(3, 0.9), [0.9 * 0.01, 0.9 * 0.1, 0.9])
     assert langevin.iterate_weights(4, 1.0) == [0.0, 0.0, 0.0, 1.0]

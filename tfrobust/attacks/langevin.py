@@ -49,20 +49,32 @@ def langevin_step(
         [clip_min, clip_max] either way.
     """
     ball.check_norm(norm)
-    step_size = ball.per_example(step_size, x_adv)
-    moved = x_adv + step_size * ball.ascent_direction(grad, norm)
+    step = ball.per_example(step_size, x_adv)
+    moved = x_adv + step * ball.ascent_direction(grad, norm)
     if norm == "l2" and not (isinstance(gamma, (int, float)) and gamma == 0):
         moved += ball.like(gamma, x_adv) * (x - x_adv)
     if not (isinstance(noise, (int, float)) and noise == 0):
         if seed is None:
             raise ValueError("langevin_step with noise needs a seed")
-        scale = ball.like(noise, x_adv) * tf.sqrt(2.0 * step_size)
-        moved += scale * rng.normal(seed, x_adv)
+        moved += noise_scale(noise, step_size, x_adv) * rng.normal(seed, x_adv)
     if project:
         if eps is None:
             raise ValueError("langevin_step with project=True needs eps")
         moved = ball.project(moved, x, ball.per_example(eps, x_adv), norm)
     return tf.clip_by_value(moved, clip_min, clip_max)
+
+
+def noise_scale(noise: float | tf.Tensor, step_size: float | tf.Tensor, x: tf.Tensor) -> tf.Tensor:
+    """The Langevin noise's scale ep sqrt(2 step), in x's dtype, rounded as the reference rounds it:
+    `ep * np.sqrt(2 * step)` in float64 (StochAT's `adversarial/functional.py`), then once to the
+    images' dtype when it multiplies the float32 draw. Computing it in float32 instead (ep, then
+    sqrt(2 step), then their product) can differ in the last bit and moves every noisy iterate.
+    Tensors (a per-example or warmed-up step) are widened to float64 for the same computation."""
+    if isinstance(noise, (int, float)) and isinstance(step_size, (int, float)):
+        return ball.like(noise * math.sqrt(2.0 * step_size), x)
+    wide = [tf.cast(tf.convert_to_tensor(v, dtype_hint=tf.float64), tf.float64) for v in (noise, step_size)]
+    scale = wide[0] * tf.sqrt(2.0 * wide[1])
+    return tf.cast(scale if scale.shape.rank != 1 else tf.reshape(scale, [-1] + [1] * (x.shape.rank - 1)), x.dtype)
 
 
 def langevin_start(
