@@ -33,6 +33,8 @@ misclassifies are not attacked, and each run attacks only the examples no earlie
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import tensorflow as tf
 
 from tfrobust import losses, rng
@@ -207,6 +209,26 @@ def _runs(run_fn, x: tf.Tensor, fooled: tf.Tensor, runs: int, compare_loss: bool
     return x_b
 
 
+def _inputs(x, y, eps, seed) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
+    """(images in the compute dtype, int32 labels, per-example eps, stateless seed), as both APGD
+    entry points take them."""
+    x = ball.as_images(x)
+    return x, tf.cast(y, tf.int32), ball.per_example(eps, x), rng.as_seed(seed)
+
+
+def _run_on_examples(logits_fn: objectives.LogitsFn, x: tf.Tensor, y: tf.Tensor, eps_b: tf.Tensor,
+                     seed: tf.Tensor, objective_of: Callable[[tf.Tensor, tf.Tensor], objectives.Objective],
+                     **options) -> Callable:
+    """The `run_fn(r, index)` of `_runs`: run r of `apgd_run` on the examples `index`, seeded
+    fold_in(seed, r), on the objective `objective_of(r, index)` (APGD-T: run r's target class)."""
+    def run(r, index):
+        return apgd_run(logits_fn, tf.gather(x, index), tf.gather(y, index),
+                        eps=subbatch.gather_examples(eps_b, index), objective=objective_of(r, index),
+                        seed=rng.fold_in(seed, r), **options)
+
+    return run
+
+
 def apgd(
     logits_fn: objectives.LogitsFn,
     x: tf.Tensor,
@@ -238,19 +260,11 @@ def apgd(
         raise ValueError(f"unknown APGD loss {loss!r}; expected one of {APGD_LOSSES}")
     if int(steps) < 1 or int(restarts) < 1:
         raise ValueError(f"steps and restarts must be >= 1, got {steps} and {restarts}")
-    x = ball.as_images(x)
-    y = tf.cast(y, tf.int32)
-    eps_b = ball.per_example(eps, x)
-    seed = rng.as_seed(seed)
+    x, y, eps_b, seed = _inputs(x, y, eps, seed)
     objective = objectives.cross_entropy if loss == "ce" else objectives.dlr
-
-    def run(r, index):
-        return apgd_run(logits_fn, tf.gather(x, index), tf.gather(y, index),
-                        eps=subbatch.gather_examples(eps_b, index), steps=steps, norm=norm,
-                        objective=objective,
-                        seed=rng.fold_in(seed, r), rho=rho, momentum=momentum,
-                        strict_rho=strict_rho, compare_start=compare_start, clip_min=clip_min, clip_max=clip_max)
-
+    run = _run_on_examples(logits_fn, x, y, eps_b, seed, lambda r, index: objective, steps=steps, norm=norm,
+                           rho=rho, momentum=momentum, strict_rho=strict_rho, compare_start=compare_start,
+                           clip_min=clip_min, clip_max=clip_max)
     fooled = subbatch.misclassified(tf.stop_gradient(logits_fn(x)), y)
     return _runs(run, x, fooled, int(restarts), compare_loss=True, compact=compact)
 
@@ -285,10 +299,7 @@ def apgd_targeted(
     ball.check_norm(norm)
     if int(steps) < 1 or int(restarts) < 1 or int(n_target_classes) < 1:
         raise ValueError("steps, restarts and n_target_classes must be >= 1")
-    x = ball.as_images(x)
-    y = tf.cast(y, tf.int32)
-    eps_b = ball.per_example(eps, x)
-    seed = rng.as_seed(seed)
+    x, y, eps_b, seed = _inputs(x, y, eps, seed)
     clean_logits = tf.stop_gradient(losses.as_float(logits_fn(x)))
     num_classes = clean_logits.shape[-1]
     if num_classes is None:
@@ -300,17 +311,12 @@ def apgd_targeted(
     targets = tf.math.top_k(others, k=n_targets).indices  # [B, n_targets]
     restarts = int(restarts)
 
-    def run(r, index):
+    def objective_of(r, index):  # run r attacks the (r // restarts)-th target of each example
         target = tf.gather(tf.gather(targets, index), r // restarts, axis=1)
+        return lambda logits, labels: objectives.dlr_targeted(logits, labels, target)
 
-        def objective(logits, labels):
-            return objectives.dlr_targeted(logits, labels, target)
-
-        return apgd_run(logits_fn, tf.gather(x, index), tf.gather(y, index),
-                        eps=subbatch.gather_examples(eps_b, index), steps=steps, norm=norm,
-                        objective=objective,
-                        seed=rng.fold_in(seed, r), rho=rho, momentum=momentum,
-                        strict_rho=strict_rho, compare_start=compare_start, clip_min=clip_min, clip_max=clip_max)
-
+    run = _run_on_examples(logits_fn, x, y, eps_b, seed, objective_of, steps=steps, norm=norm, rho=rho,
+                           momentum=momentum, strict_rho=strict_rho, compare_start=compare_start,
+                           clip_min=clip_min, clip_max=clip_max)
     fooled = subbatch.misclassified(clean_logits, y)
     return _runs(run, x, fooled, n_targets * restarts, compare_loss=False, compact=compact)
