@@ -1,6 +1,5 @@
 """Shared fixtures: scikit-learn's digits as ready arrays, and a small seeded classifier."""
 
-import contextlib
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -10,7 +9,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from tfrobust import data, models  # noqa: E402
+from tfrobust import data, models, precision  # noqa: E402
 
 SCRIPTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "scripts")
 
@@ -23,24 +22,10 @@ def script(name: str) -> str:
     return path
 
 
-@contextlib.contextmanager
-def floatx(name: str):
-    """keras.config.floatx() and the dtype policy set to `name` inside the block, both restored after
-    (as a float64 run of train() sets and restores them)."""
-    saved = keras.config.floatx(), keras.mixed_precision.global_policy()
-    keras.config.set_floatx(name)
-    keras.mixed_precision.set_global_policy(name)
-    try:
-        yield
-    finally:
-        keras.config.set_floatx(saved[0])
-        keras.mixed_precision.set_global_policy(saved[1])
-
-
 @pytest.fixture
 def float64():
     """The test runs under floatx float64."""
-    with floatx("float64"):
+    with precision.floatx("float64"):
         yield
 
 

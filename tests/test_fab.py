@@ -12,9 +12,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import digits_logits, floatx
+from conftest import digits_logits
 
 from tfrobust.attacks.fab import fab_targeted, project_l2, project_linf
+from tfrobust.precision import floatx
 
 
 def compiled(attack, *args, **kwargs):

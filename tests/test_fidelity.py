@@ -37,7 +37,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from tfrobust import models, rng  # noqa: E402
+from tfrobust import models, precision, rng  # noqa: E402
 from tfrobust.methods import AttackConfig, build  # noqa: E402
 from tfrobust.robust_model import RobustModel  # noqa: E402
 
@@ -98,21 +98,19 @@ def fixed_noise(monkeypatch):
 
 @pytest.fixture(params=["float64", "float32"])
 def floatx(request):
-    old = keras.config.floatx()
-    keras.config.set_floatx(request.param)
-    keras.mixed_precision.set_global_policy(request.param)
-    yield request.param
-    keras.config.set_floatx(old)
-    keras.mixed_precision.set_global_policy(old)
+    with precision.floatx(request.param):
+        yield request.param
 
 
 # -- the model under test --------------------------------------------------------------------
 
-class TableDropout(keras.layers.Layer):
-    """Dropout whose k-th training-mode call multiplies by masks[k] (inverted-dropout masks)."""
+class TableDropout(keras.layers.Dropout):
+    """Dropout (rate 0.5) whose k-th training-mode call multiplies by masks[k] (inverted-dropout
+    masks). A Dropout, so that `tfrobust.models.forward` sees a random training forward, as the
+    reference's dropout is."""
 
     def __init__(self, masks, **kwargs):
-        super().__init__(**kwargs)
+        super().__init__(0.5, **kwargs)
         self.masks = masks
         self.calls = tf.Variable(0, dtype=tf.int32, trainable=False)
 
@@ -398,13 +396,8 @@ def test_the_other_behaviours_are_flags(name, fixed_noise):
     method, options, bn_mode, variant, used = VARIANTS[name]
     _, default_bn_mode, reference, _ = CASES[method]
     x, y, masks, weights, noise = edge_batch()
-    keras.config.set_floatx("float64")
-    keras.mixed_precision.set_global_policy("float64")
-    try:
+    with precision.floatx("float64"):
         update, calls, _ = tfrobust_update(method, options, bn_mode, x, y, masks, weights)
-    finally:
-        keras.config.set_floatx("float32")
-        keras.mixed_precision.set_global_policy("float32")
     assert calls == used
     expected = [-LR * g for g in variant(weights, x, y, masks[:used], noise)]
     assert relative_l2(update, expected) < 1e-9

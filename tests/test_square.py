@@ -12,9 +12,10 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import conv_model, digits_arrays, digits_logits, floatx
+from conftest import conv_model, digits_arrays, digits_logits
 
 from tfrobust.attacks.square import eta, p_halvings, square, square_run, window_sides
+from tfrobust.precision import floatx
 
 
 def compiled(attack, *args, **kwargs):

@@ -33,6 +33,7 @@ from tfrobust import (
     hparams,
     methods,
     models,
+    precision,
     rundir,
 )
 from tfrobust import callbacks as callbacks_lib
@@ -394,17 +395,10 @@ def _final_metrics(result: TrainResult) -> dict[str, float]:
 def _process_settings(config: TrainConfig):
     """The process-wide settings a run needs (floatx, the dtype policy, op determinism), set for the
     whole run and restored afterwards, so a later run or test in the same process starts clean."""
-    saved = keras.config.floatx(), keras.mixed_precision.global_policy()
     # floatx before anything is built: models, metrics, attacks and the input pipelines follow it.
-    keras.config.set_floatx(config.dtype)
-    keras.mixed_precision.set_global_policy(
-        config.dtype if config.mixed_precision == "none" else config.mixed_precision)
-    try:
-        with compat.op_determinism(config.deterministic):
-            yield
-    finally:
-        keras.config.set_floatx(saved[0])
-        keras.mixed_precision.set_global_policy(saved[1])
+    policy = None if config.mixed_precision == "none" else config.mixed_precision
+    with precision.floatx(config.dtype, policy), compat.op_determinism(config.deterministic):
+        yield
 
 
 def _final_test_accuracy(config: TrainConfig, classifier: keras.Model, attack: AttackConfig, splits: data.Splits,
