@@ -45,8 +45,10 @@ def setting(
         default: the default value (None for a tri-state means auto).
         help: the flag's help text.
         choices: the allowed values (or a function returning them, for tables built elsewhere).
-        low, high: bounds of a number; every float must also be finite (NaN and inf are refused).
-        low_open, high_open: whether the bound itself is excluded.
+        low: lower bound of a number; every float must also be finite (NaN and inf are refused).
+        high: upper bound of a number.
+        low_open: whether `low` itself is excluded.
+        high_open: whether `high` itself is excluded.
         resumable: a rerun of an unfinished run may change this setting and still continue it.
         flag: whether the runner defines a flag for it.
     """

@@ -324,8 +324,9 @@ def _train(config: TrainConfig, method: methods.Method, extra_callbacks: Sequenc
         result.suite_accuracy = {**{label: acc[0] for label, acc in report.accuracy.items()},
                                  "worst_case": report.worst_case[0]}
         result.suite_checks_passed = report.passed
-    if best is not None and best.latest_checkpoint:
-        _evaluate_best(result, best, checkpoint, robust, config, splits, limit, steps_per_epoch)
+    best_checkpoint = _best_checkpoint(best, run_dir)
+    if best_checkpoint:
+        _evaluate_best(result, best, best_checkpoint, checkpoint, robust, config, splits, limit, steps_per_epoch)
     if chief:
         hparams.write(logdir, config_lib.to_json(config), _final_metrics(result), result.steps, trial_id=run_dir)
     summary = dataclasses.asdict(result)
@@ -364,12 +365,23 @@ def banner(config: TrainConfig, method: methods.Method, splits: data.Splits, str
     ])
 
 
-def _evaluate_best(result: TrainResult, best: callbacks_lib.BestRobustCheckpoint, checkpoint: tf.train.Checkpoint,
+def _best_checkpoint(best: callbacks_lib.BestRobustCheckpoint | None, run_dir: str) -> str | None:
+    """The best checkpoint this process evaluates: the one it saved (the chief's is the run's, another
+    worker's is its private copy of the same save), else the run's: a continued multi-worker run whose
+    new epochs were not better leaves the other workers no copy of their own (the chief wrote it in an
+    earlier process), and every worker must report the same best model."""
+    if best is None:
+        return None
+    return best.latest_checkpoint or tf.train.latest_checkpoint(os.path.join(run_dir, BEST_DIR))
+
+
+def _evaluate_best(result: TrainResult, best: callbacks_lib.BestRobustCheckpoint, path: str,
+                   checkpoint: tf.train.Checkpoint,
                    robust: RobustModel, config: TrainConfig, splits: data.Splits, limit: int | None,
                    steps_per_epoch: int) -> None:
     """Fill in the best model's figures: restore its checkpoint (the last model is exported and
     evaluated by now) and evaluate it on the same test examples with the same PGD."""
-    checkpoint.restore(best.latest_checkpoint).expect_partial()
+    checkpoint.restore(path).expect_partial()
     with robust.evaluated_weights():
         clean, adv = _final_test_accuracy(config, robust.classifier, robust.eval_attack, splits, limit)
     done = result.steps // steps_per_epoch

@@ -271,14 +271,17 @@ def datasets(
         model.fit(train, epochs=3, steps_per_epoch=info.steps_per_epoch, validation_data=val)
 
     Args:
-      source, data_dir, validation_size, seed: as in `load` (`seed` also seeds the
-        training order and augmentation).
+      source: as in `load`.
+      data_dir: as in `load`.
+      validation_size: as in `load`.
+      seed: as in `load`; it also seeds the training order and augmentation.
       batch_size: examples per batch of every pipeline.
       augment: pad-crop-flip augmentation of training batches (see `train_stream`).
       epochs: None for an endless training stream (give `fit` `steps_per_epoch`), or the
         number of epochs after which it ends.
-      train_examples, test_examples: use only the first that many training (after the
-        validation hold-out) or test examples (None = all).
+      train_examples: use only the first that many training examples, after the validation
+        hold-out (None = all).
+      test_examples: use only the first that many test examples (None = all).
 
     Returns:
       (train, validation or None when `validation_size` is 0, test, info). Train batches are

@@ -69,8 +69,8 @@ class Skip(Exception):
 @dataclasses.dataclass
 class Context:
     """What the checks read: the runner (model, data, attacks), the evaluated attacks and their
-    results (accuracy[label][j], largest perturbation dist[label][j], largest step outside the box
-    range_excess[label]), the mode ('per_attack' or 'sequential') and the settings."""
+    results (`accuracy[label][j]`, largest perturbation `dist[label][j]`, largest step outside the box
+    `range_excess[label]`), the mode ('per_attack' or 'sequential') and the settings."""
 
     runner: Runner
     specs: list[AttackSpec]

@@ -86,7 +86,8 @@ def robust_accuracy(
       keep_adversarial: keep the adversarial examples in `report.adversarial`.
       sequential: run the attacks in order, each on the examples still robust (AutoAttack); None:
         only for the suite 'autoattack' given by name.
-      model_path, dataset: recorded in the report's metadata.
+      model_path: recorded in the report's metadata.
+      dataset: recorded in the report's metadata.
       verbose: progress on the console (a line per stage and check, a bar over batches).
     """
     ball.check_norm(norm)

@@ -43,16 +43,16 @@ def run_metadata(*, model: str | None, dataset: str | None, indices: np.ndarray)
 class Report:
     """The results of `robust_accuracy` (and `autoattack`).
 
-    mode 'per_attack': accuracy[label][j] is the accuracy under attack `label` at eps_values[j],
-    every attack run on every example; worst_case[j] the per-example worst case over all attacks
+    mode 'per_attack': `accuracy[label][j]` is the accuracy under attack `label` at `eps_values[j]`,
+    every attack run on every example; `worst_case[j]` the per-example worst case over all attacks
     (and the clean input). mode 'sequential' (AutoAttack): the attacks run in order, each only on
-    the examples still robust; accuracy[label][j] is the robust accuracy after that stage,
-    attacked[label][j] how many examples it attacked, and worst_case[j] the final robust accuracy.
-    The per-example arrays (clean_correct [N], correct[label] [E, N], worst_correct [E, N],
-    adversarial[label] [E, N, H, W, C] when kept) stay in memory and go to JSON only on request.
-    seconds[label][j]: wall time of the attack at eps_values[j], tracing excluded
-    (trace_seconds[label]); max_perturbation[label][j]: the largest perturbation norm found;
-    traces[label]: how often each compiled attack (check attacks included) was traced.
+    the examples still robust; `accuracy[label][j]` is the robust accuracy after that stage,
+    `attacked[label][j]` how many examples it attacked, and `worst_case[j]` the final robust accuracy.
+    The per-example arrays (`clean_correct [N]`, `correct[label] [E, N]`, `worst_correct [E, N]`,
+    `adversarial[label] [E, N, H, W, C]` when kept) stay in memory and go to JSON only on request.
+    `seconds[label][j]`: wall time of the attack at `eps_values[j]`, tracing excluded
+    (`trace_seconds[label]`); `max_perturbation[label][j]`: the largest perturbation norm found;
+    `traces[label]`: how often each compiled attack (check attacks included) was traced.
     metadata: model path, dataset, examples and versions (`run_metadata`).
     """
 
