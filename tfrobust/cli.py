@@ -61,7 +61,7 @@ def flags_parser(program: str) -> Callable[[list[str]], list[str]]:
 
 IMPORT_HELP = ("Import this module (a dotted path, found from the current directory or the Python path) before "
                "the other flags are read, so that the methods and models it registers (tfrobust.methods.register, "
-               "tfrobust.models.register) can be named with --method and --model; repeatable.")
+               "tfrobust.models.register) can be named with --method and --model.")
 
 
 def define_import_flag(flag_values=None) -> None:
