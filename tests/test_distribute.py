@@ -69,23 +69,20 @@ def _free_ports(n):
     return ports
 
 
-def test_two_workers_train_together_like_one_process(tmp_path):
-    run = tmp_path / "run"
-    worker_tmp = tmp_path / "worker-tmp"
-    worker_tmp.mkdir()
+def _start_workers(args_of, worker_tmp):
+    """Two worker processes of one cluster on 127.0.0.1; worker i runs `args_of(i)`."""
     cluster = {"worker": [f"127.0.0.1:{p}" for p in _free_ports(2)]}
     procs = []
     for index in range(2):
         tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
         procs.append(subprocess.Popen(
-            [sys.executable, script("distribute_worker.py"), str(run), "multi_worker",
-             str(tmp_path / f"w{index}.npz")],
-            env=_env(TF_CONFIG=tf_config, TMPDIR=str(worker_tmp)), stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True))
-    # The single-process reference runs meanwhile (a third process on a 2-core machine).
-    single = subprocess.run([sys.executable, script("distribute_worker.py"), str(tmp_path / "single"),
-                             "one_device", str(tmp_path / "single.npz")], env=_env(), capture_output=True,
-                            text=True, timeout=600)
+            [sys.executable, *args_of(index)], env=_env(TF_CONFIG=tf_config, TMPDIR=str(worker_tmp)),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    return procs
+
+
+def _worker_results(procs):
+    """Each worker's RESULT, once both have ended (killed after 600 s)."""
     results = []
     try:
         for p in procs:
@@ -95,6 +92,21 @@ def test_two_workers_train_together_like_one_process(tmp_path):
         for p in procs:
             if p.poll() is None:
                 p.kill()
+    return results
+
+
+def test_two_workers_train_together_like_one_process(tmp_path):
+    run = tmp_path / "run"
+    worker_tmp = tmp_path / "worker-tmp"
+    worker_tmp.mkdir()
+    procs = _start_workers(
+        lambda index: [script("distribute_worker.py"), str(run), "multi_worker", str(tmp_path / f"w{index}.npz")],
+        worker_tmp)
+    # The single-process reference runs meanwhile (a third process on a 2-core machine).
+    single = subprocess.run([sys.executable, script("distribute_worker.py"), str(tmp_path / "single"),
+                             "one_device", str(tmp_path / "single.npz")], env=_env(), capture_output=True,
+                            text=True, timeout=600)
+    results = _worker_results(procs)
     reference = _result(single)
     assert results[0] == results[1]
     assert results[0]["steps"] == reference["steps"] == 192 // 32
@@ -107,6 +119,39 @@ def test_two_workers_train_together_like_one_process(tmp_path):
     assert sorted(os.listdir(run)) == [".lock", "checkpoints", "config.json", "history.json", "logs", "savedmodel",
                                       "savedmodel_best", "summary.json"]
     assert tf.train.latest_checkpoint(str(run / "checkpoints")).endswith("-6")
+    assert os.listdir(worker_tmp) == []
+
+
+def test_two_workers_keep_one_best_model_and_agree_on_it(tmp_path):
+    """The best checkpoint's multi-worker path: the chief writes checkpoints/best (best-STEP and
+    best.json) and savedmodel_best, the other worker only its private copies (deleted at the end);
+    both report the same best epoch and the same test figures of the best model. Also when the run
+    continues for an epoch that is not better (a learning rate of 1e-9 keeps the weights): then the
+    other worker saved no copy in this process and evaluates the chief's best checkpoint."""
+    run = tmp_path / "run"
+    worker_tmp = tmp_path / "worker-tmp"
+    worker_tmp.mkdir()
+
+    def workers(epochs):
+        args = [script("distribute_best.py"), str(run), "multi_worker", str(epochs), "1e-9"]
+        return _worker_results(_start_workers(lambda _: args, worker_tmp))
+
+    first = workers(1)
+    assert first[0] == first[1], first
+    best = first[0]
+    assert best["steps"] == 128 // 32 and best["best_epoch"] == 1
+    assert best["best_clean_accuracy"] is not None and best["best_adv_accuracy"] is not None
+    state = json.loads((run / "checkpoints" / "best" / "best.json").read_text())
+    assert (state["epoch"], state["step"], state["value"]) == (1, 128 // 32, best["best_val_adv_accuracy"])
+    assert tf.train.latest_checkpoint(str(run / "checkpoints" / "best")).endswith(f"best-{state['step']}")
+    assert best["best_export_path"] == str(run / "savedmodel_best") and (run / "savedmodel_best").is_dir()
+    assert os.listdir(worker_tmp) == []
+
+    again = workers(2)
+    assert again[0] == again[1], again
+    assert again[0]["steps"] == 2 * (128 // 32)
+    assert {k: v for k, v in again[0].items() if k != "steps"} == {k: v for k, v in best.items() if k != "steps"}
+    assert json.loads((run / "checkpoints" / "best" / "best.json").read_text())["epoch"] == 1
     assert os.listdir(worker_tmp) == []
 
 
