@@ -31,11 +31,17 @@ from tfrobust.settings import setting
 tf = lazy_import("tensorflow")
 losses = lazy_import("tfrobust.losses")
 rng = lazy_import("tfrobust.rng")
+np = lazy_import("numpy")
 ball = lazy_import("tfrobust.attacks.ball")
 gradients = lazy_import("tfrobust.attacks.gradients")
 langevin = lazy_import("tfrobust.attacks.langevin")
+forward = lazy_import("tfrobust.models.forward")
+keras = lazy_import("keras")
 
 PROJECTIONS = ("every", "last", "never")
+# The truncation tolerance in float32, below its unit roundoff 2^-24 = 6.0e-8; other dtypes take the
+# same fraction of their unit roundoff (`auto_tolerance`).
+FLOAT32_TOLERANCE = 5e-8
 STARTS = ("corner", "none")
 
 
@@ -60,14 +66,16 @@ class Atent(Method):
                          "direction of norm eps for l2; none).", choices=STARTS)
     clip_start: bool = setting(False, "Clip the attack's random start to [0, 1] before the first gradient "
                                "(reference: TRADES, MART and ATENT do not; Madry PGD-AT and MIMAE do).")
-    atent_tolerance: float = setting(
-        5e-8, "ATENT: take the weight gradient only of the last iterates whose weights sum to within this of "
-        "the full sum (the dropped weights' total is at most this; 0: every iterate, the reference's sum).",
-        low=0, high=1)
-    atent_shared_forward: bool = setting(
-        False, "ATENT: one train-mode forward and backward pass per iterate gives both its weight gradient and the "
-        "next Langevin step's input gradient (needs attack_bn_mode train). The reference runs two forward passes "
-        "there, with independent dropout masks and two batch-norm statistics updates.")
+    atent_tolerance: float | None = setting(
+        None, "ATENT: take the weight gradient only of the last iterates whose weights sum to within this of "
+        "the full sum (the dropped weights' total is at most this; 0: every iterate, the reference's sum). Unset: "
+        "below one rounding of the compute dtype (5e-8 in float32, 9.3e-17 in float64).", low=0, high=1)
+    atent_shared_forward: bool | None = setting(
+        None, "ATENT: one train-mode forward and backward pass per iterate gives both its weight gradient and the "
+        "next Langevin step's input gradient, where the reference runs two (the same function of the same input "
+        "when the model has no dropout or noise layer; batch norm's moving statistics still move twice). auto: "
+        "shared when the model's training forward is deterministic and the attack runs in train mode; true needs "
+        "attack_bn_mode train and, with dropout, correlates the masks of neighbouring iterates.")
 
     name = "atent"
     reference_bn_mode = "train"  # the StochAT reference samples with the model in train() mode
@@ -93,13 +101,16 @@ class Atent(Method):
         return langevin.langevin_start(x, ctx.eps(self.attack), self.attack.norm, self.start, self.seeds(ctx)[0],
                                        clip=self.clip_start)
 
-    def next_iterate(self, ctx, x, y, x_prev, index, last: bool, grad=None) -> tf.Tensor:
+    def next_iterate(self, ctx, x, y, x_prev, index, last: bool, grad=None, bn_passes: int = 1) -> tf.Tensor:
         """x'_index (1-based) from x'_{index-1}; `last`: whether index == L (for projection='last');
         `grad`: the input gradient at x'_{index-1} if already computed (any positive multiple of it
-        per example: the step uses its sign or its direction)."""
+        per example: the step uses its sign or its direction); `bn_passes`: how many training-mode
+        passes the sampler's pass stands for in batch norm's moving statistics (2 where it also
+        stands for a loss pass that truncation skips)."""
         a = self.attack
         if grad is None:
-            grad, _, _ = gradients.input_gradient(ctx.attack_logits_fn(a), losses.cross_entropy, x_prev, y)
+            with forward.batch_norm_updates(ctx.model, bn_passes):
+                grad, _, _ = gradients.input_gradient(ctx.attack_logits_fn(a), losses.cross_entropy, x_prev, y)
         project = self.projection == "every" or (self.projection == "last" and last)
         x_next = langevin.langevin_step(
             x_prev, x, grad, step_size=ctx.step_size(a), noise=self.noise, gamma=self.gamma, norm=a.norm,
@@ -128,135 +139,139 @@ class Atent(Method):
             (tf.constant(1), x_adv))
         return self.next_iterate(ctx, x, y, x_adv, steps, last=True)
 
-    def kept_iterates(self) -> int:
-        """k, the number of last iterates whose weight gradient `gradients` takes (see there)."""
+    def tolerance(self, dtype=None) -> float:
+        """The truncation tolerance in compute dtype `dtype` (default Keras' floatx): `atent_tolerance`
+        if set, else `auto_tolerance(dtype)`."""
+        if self.atent_tolerance is not None:
+            return self.atent_tolerance
+        return auto_tolerance(dtype or keras.config.floatx())
+
+    def kept_iterates(self, dtype=None) -> int:
+        """k, the number of last iterates whose weight gradient `gradients` takes in compute dtype
+        `dtype` (see there)."""
         weights = self.iterate_weights()
         steps = len(weights)
-        if self.atent_tolerance == 0:
+        tolerance = self.tolerance(dtype)
+        if tolerance == 0:
             return steps
         # dropped(k) = sum of the first L - k weights = (1 - alpha)^k - (1 - alpha)^L, falling with k
         for kept in range(1, steps + 1):
-            if math.fsum(weights[:steps - kept]) <= self.atent_tolerance:
+            if math.fsum(weights[:steps - kept]) <= tolerance:
                 return kept
         return steps
 
-    def _shared_forward_gradients(self, ctx, x, y, differentiate, x_prev, first_kept):
-        """`gradients` with `atent_shared_forward`: iterates first_kept..L-1 each take one pass for
-        their weight gradient and the next step's input gradient (that of the scaled, unweighted
-        loss: a positive multiple of the CE gradient per example, so the same sign and direction).
-        Each term of the update has the reference's distribution (iterate l's dropout mask is
-        independent of x'_l); the masks of neighbouring terms are correlated instead of independent."""
-        steps = self.attack.steps
-        weights = self.iterate_weights()
-        weights_t = tf.constant(weights, x.dtype)
-        variables = ctx.model.trainable_variables
-        n = len(variables)
-
-        def joint(index, x_l, last: bool):
-            """Iterate `index`'s weighted per-example loss and weight gradient, and x'_{index+1}."""
-            out, grads = differentiate(lambda: self.loss(ctx, x, y, x_l), False, (x_l,))
-            weight = weights_t[index - 1]
-            grads_w = [weight * (tf.zeros_like(v) if g is None else tf.convert_to_tensor(g))
-                       for g, v in zip(grads[:n], variables)]
-            x_next = self.next_iterate(ctx, x, y, x_l, index + 1, last=last, grad=grads[n])
-            return weight * out.per_example, grads_w, x_next
-
-        def body(index, x_l, loss_sum, grad_sum):
-            loss, grads, x_next = joint(index, x_l, last=False)
-            return index + 1, x_next, loss_sum + loss, [s + g for s, g in zip(grad_sum, grads)]
-
-        # x'_first_kept by a plain input gradient, then joint passes at first_kept..L-2 in a loop and
-        # at L-1 outside it (the step to x'_L may project differently: projection='last').
-        x_l = self.next_iterate(ctx, x, y, x_prev, first_kept, last=first_kept == steps)
-        loss_sum = tf.zeros(tf.shape(y), x.dtype)
-        grad_sum = [tf.zeros_like(v) for v in variables]
-        _, x_l, loss_sum, grad_sum = tf.while_loop(
-            lambda index, *_: index < steps - 1, body,
-            (tf.constant(first_kept), x_l, loss_sum, grad_sum), parallel_iterations=1)
-        if first_kept < steps:
-            loss, grads, x_l = joint(steps - 1, x_l, last=True)
-            loss_sum, grad_sum = loss_sum + loss, [s + g for s, g in zip(grad_sum, grads)]
-        return self._last_iterate(ctx, x, y, differentiate, x_l, loss_sum, grad_sum)
+    def shares_forward(self, model) -> bool:
+        """Whether `gradients` takes one pass per kept iterate for both its weight gradient and the
+        next step's input gradient: `atent_shared_forward` if set, else (auto) when the attack runs in
+        train mode and `model` has no layer whose training-mode output is random."""
+        if self.atent_shared_forward is not None:
+            return self.atent_shared_forward
+        return self.attack.bn_mode == "train" and not forward.stochastic_layers(model)
 
     def gradients(self, ctx, x, y, differentiate):
         """ATENT's update, the weight gradient of sum_l w_l CE(z(x'_l), y), w_l = alpha (1 - alpha)^(L - l).
 
-        Truncation (`atent_tolerance` = tau): the weights fall geometrically from the last iterate
+        The reference (StochAT, notebooks/cifar10_exps_linf.py `adversarial_training_entropy`) runs,
+        in train mode, the sampler's pass at x'_{l-1} and then the loss's pass at x'_l, for l = 1..L.
+        Here the same passes run in the same order, with two savings:
+
+        Truncation (tolerance tau, `tolerance`): the weights fall geometrically from the last iterate
         back (alpha 0.9: 0.9, 0.09, 0.009, ...), so only the last k iterates' weight gradients are
         taken, k the smallest with dropped mass
 
             D(k) = sum_{l=1..L-k} w_l = alpha sum_{j=k..L-1} (1 - alpha)^j = (1 - alpha)^k - (1 - alpha)^L  <= tau
 
         (tau = 0: k = L, every iterate, the reference's exact sum). The earlier iterates are still
-        computed (their input gradients move the sampler), but no weight gradient is taken there.
-        With g_l the weight gradient of the batch-mean CE at iterate l, the update differs from the
-        full sum by || sum_{l<=L-k} w_l g_l || <= D(k) max_l ||g_l|| <= tau max_l ||g_l||, in any
-        norm and per coordinate alike; the logged `atent_loss` (per example) misses at most
-        tau max_l CE_l. Default tau = 5e-8, below float32's unit roundoff 2^-24 = 6.0e-8 (alpha 0.9:
-        k = 8, D = 1e-8 - 0.1^L): the dropped terms together are smaller than one rounding of the
-        largest per-iterate gradient. (1e-6, k = 6, moved a test update by 7x the float32 rounding
-        between two summation orders of the full sum; 5e-8 by less than it: tests/test_speed.py.)
+        computed (their input gradients move the sampler), but no loss pass runs there; the
+        sampler's pass then moves batch norm's statistics for both. With g_l the weight gradient
+        of the batch-mean CE at iterate l, the update differs from the full sum by
+        || sum_{l<=L-k} w_l g_l || <= D(k) max_l ||g_l|| <= tau max_l ||g_l||, in any norm and per
+        coordinate alike; the logged `atent_loss` (per example) misses at most tau max_l CE_l.
+        Unset, tau is below one rounding of the compute dtype: 5e-8 in float32 (unit roundoff
+        2^-24 = 6.0e-8; alpha 0.9: k = 8, D = 1e-8 - 0.1^L), 9.3e-17 in float64, so the dropped
+        terms together are smaller than one rounding of the largest per-iterate gradient. (1e-6,
+        k = 6, moved a float32 test update by 7x the rounding between two summation orders of the
+        full sum; 5e-8 by less than it: tests/test_speed.py.)
 
-        Memory stays flat in L: the first L - k iterates run in a loop that carries only x'_l, the
-        kept ones in a loop that carries x'_l and the running gradient sum.
+        Shared forward (`shares_forward`): at each kept iterate l < L, the loss's pass at x'_l and
+        the sampler's at x'_l are one pass whose backward gives both the weight gradient and the
+        input gradient (of the weighted loss: a positive multiple of the CE gradient per example, so
+        the same sign and direction). On a deterministic training forward the two reference passes
+        are the same function of the same input, so this is the reference's update; batch norm's
+        statistics move as twice over that batch (`forward.batch_norm_updates`).
+
+        Memory stays flat in L: the first L - k iterates run unrolled carrying only x'_l, the kept
+        ones in a loop that carries x'_l and the running gradient sum.
         """
         x = ball.as_images(x)
         steps = self.attack.steps
-        weights = self.iterate_weights()
-        weights_t = tf.constant(weights, x.dtype)
+        weights_t = tf.constant(self.iterate_weights(), x.dtype)
         variables = ctx.model.trainable_variables
-        first_kept = steps - self.kept_iterates() + 1  # iterates first_kept..L get a weight gradient
-
-        def weighted(x_l, weight):
-            out = self.loss(ctx, x, y, x_l)
-            return dataclasses.replace(out, per_example=weight * out.per_example)
+        n = len(variables)
+        shared = self.shares_forward(ctx.model)
+        first_kept = steps - self.kept_iterates(x.dtype) + 1  # iterates first_kept..L get a weight gradient
 
         def dense(grads):
-            return [tf.zeros_like(v) if g is None else tf.convert_to_tensor(g)
-                    for g, v in zip(grads, variables)]
+            return [tf.zeros_like(v) if g is None else tf.convert_to_tensor(g) for g, v in zip(grads, variables)]
 
-        # Iterates 1..first_kept-1: the sampler only (their weights are within the tolerance),
-        # unrolled as PGD's training attack is (see `pgd.pgd`'s `unroll`: oneDNN's max-pool gradient).
-        x_prev = self.first_iterate(ctx, x)
-        for index in range(1, first_kept):
-            x_prev = self.next_iterate(ctx, x, y, x_prev, index, last=False)
+        def kept(index, x_l, last: bool):
+            """Iterate `index`'s weighted per-example loss and weight gradient, and x'_{index+1}."""
+            weight = weights_t[index - 1]
+            if shared:
+                with forward.batch_norm_updates(ctx.model, 2):
+                    out, grads = differentiate(lambda: self.loss(ctx, x, y, x_l), False, (x_l,))
+                x_next = self.next_iterate(ctx, x, y, x_l, index + 1, last=last, grad=grads[n])
+                return weight * out.per_example, [weight * g for g in dense(grads[:n])], x_next
+            out, grads = differentiate(lambda: self._weighted(ctx, x, y, x_l, weight), False)
+            x_next = self.next_iterate(ctx, x, y, x_l, index + 1, last=last)
+            return out.per_example, dense(grads), x_next
 
-        if self.atent_shared_forward:
-            return self._shared_forward_gradients(ctx, x, y, differentiate, x_prev, first_kept)
+        def body(index, x_l, loss_sum, grad_sum):
+            loss, grads, x_next = kept(index, x_l, last=False)
+            return index + 1, x_next, loss_sum + loss, [s + g for s, g in zip(grad_sum, grads)]
 
-        # Iterates first_kept..L-1 inside a loop: each one's weighted loss is differentiated and dropped,
-        # only the running sums of the gradients and of the per-example loss are carried.
-        def body(index, x_prev, loss_sum, grad_sum):
-            x_l = self.next_iterate(ctx, x, y, x_prev, index, last=False)
-            out, grads = differentiate(lambda: weighted(x_l, weights_t[index - 1]), False)
-            grad_sum = [s + g for s, g in zip(grad_sum, dense(grads))]
-            return index + 1, x_l, loss_sum + out.per_example, grad_sum
+        # Iterates 1..first_kept: the sampler only, unrolled as PGD's training attack is (see
+        # `pgd.pgd`'s `unroll`: oneDNN's max-pool gradient). The pass at x'_l (l >= 1) also stands
+        # for x'_l's skipped loss pass in batch norm's statistics.
+        x_l = self.first_iterate(ctx, x)
+        for index in range(1, first_kept + 1):
+            x_l = self.next_iterate(ctx, x, y, x_l, index, last=index == steps, bn_passes=1 if index == 1 else 2)
 
+        # Iterates first_kept..L-2 inside a loop: each one's weighted loss is differentiated and
+        # dropped, only the running sums of the gradients and of the per-example loss are carried;
+        # L-1 outside it (the step to x'_L may project differently: projection='last').
         loss_sum = tf.zeros(tf.shape(y), x.dtype)
         grad_sum = [tf.zeros_like(v) for v in variables]
         # parallel_iterations=1: by default TensorFlow may run up to 10 iterations at once (the
         # weight gradient of iterate l overlaps the attack of l + 1), and each keeps its
         # activations alive, so memory grew with L (measured: 1.4x PGD-AT's at L = 10, 1.9x at 40).
-        _, x_prev, loss_sum, grad_sum = tf.while_loop(
-            lambda index, *_: index < steps, body,
-            (tf.constant(first_kept), x_prev, loss_sum, grad_sum), parallel_iterations=1)
+        _, x_l, loss_sum, grad_sum = tf.while_loop(
+            lambda index, *_: index < steps - 1, body,
+            (tf.constant(first_kept), x_l, loss_sum, grad_sum), parallel_iterations=1)
+        if first_kept < steps:
+            loss, grads, x_l = kept(steps - 1, x_l, last=True)
+            loss_sum, grad_sum = loss_sum + loss, [s + g for s, g in zip(grad_sum, grads)]
+        return self._last_iterate(ctx, x, y, differentiate, x_l, loss_sum, grad_sum)
 
-        x_last = self.next_iterate(ctx, x, y, x_prev, steps, last=True)
-        return self._last_iterate(ctx, x, y, differentiate, x_last, loss_sum, grad_sum)
+    def _weighted(self, ctx, x, y, x_l, weight) -> LossOutput:
+        out = self.loss(ctx, x, y, x_l)
+        return dataclasses.replace(out, per_example=weight * out.per_example)
 
     def _last_iterate(self, ctx, x, y, differentiate, x_last, loss_sum, grad_sum):
         """The last iterate's weight gradient, outside the loops: it carries the weight decay
         (exactly once per step) and the logits the caller reports adversarial accuracy on."""
         weight = self.iterate_weights()[-1]
-
-        def weighted():
-            out = self.loss(ctx, x, y, x_last)
-            return dataclasses.replace(out, per_example=weight * out.per_example)
-
-        last, grads = differentiate(weighted, True)
+        last, grads = differentiate(lambda: self._weighted(ctx, x, y, x_last, weight), True)
         grads = [s + (tf.zeros_like(s) if g is None else tf.convert_to_tensor(g)) for s, g in zip(grad_sum, grads)]
         last_ce = last.terms["last_ce"]
         total = loss_sum + last.per_example
         out = LossOutput(per_example=total, terms={"atent_loss": total, "last_ce": last_ce},
                          adv_logits=last.adv_logits)
         return out, grads, x_last
+
+
+def auto_tolerance(dtype) -> float:
+    """The truncation tolerance for compute dtype `dtype`: FLOAT32_TOLERANCE scaled by the dtype's
+    unit roundoff (float32 5e-8, float64 9.3e-17)."""
+    unit_roundoff = float(np.finfo(tf.as_dtype(dtype).as_numpy_dtype).eps) / 2
+    return FLOAT32_TOLERANCE * unit_roundoff / 2.0 ** -24
