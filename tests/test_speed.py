@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -60,7 +61,9 @@ def test_kept_iterates_is_the_smallest_k_whose_dropped_mass_is_within_the_tolera
 
 def recorded_gradients(method, model, x, y, seed):
     """Eagerly (tf.while_loop runs its body in Python): the update and each differentiate call's
-    weighted gradient, in call order."""
+    weighted gradient, in call order (the reference's two passes per iterate: one differentiate
+    call per kept iterate)."""
+    method = dataclasses.replace(method, atent_shared_forward=False)
     rm = robust(method, model)
     calls = []
 
@@ -162,13 +165,16 @@ class CountingModel(keras.Model):
         super().__init__()
         self.inner, self.x = inner, x
         self.clean_inference_calls = tf.Variable(0, trainable=False)
+        self.clean_inference_images = tf.Variable(0, trainable=False)
         self.calls = tf.Variable(0, trainable=False)
 
     def call(self, inputs, training=False):
         self.calls.assign_add(1)
-        if not training:
-            same = tf.reduce_all(tf.equal(inputs, self.x))
-            self.clean_inference_calls.assign_add(tf.cast(same, tf.int32))
+        if not training:  # the first n images of x, as the monitor takes them
+            n = tf.shape(inputs)[0]
+            same = tf.cast(tf.reduce_all(tf.equal(inputs, self.x[:n])), tf.int32)
+            self.clean_inference_calls.assign_add(same)
+            self.clean_inference_images.assign_add(same * n)
         return self.inner(inputs, training=training)
 
 
@@ -185,6 +191,25 @@ def test_monitor_off_runs_no_clean_forward(method_name):
         assert ("clean_accuracy" in logs) == monitor and "adv_accuracy" in logs
     assert counts[True][0] == 1 and counts[False][0] == 0  # the one inference pass on x
     assert counts[True][1] == counts[False][1] + 1
+
+
+@pytest.mark.parametrize("fraction,images", [(None, 1), (0.5, 4), (1.0, 8)])
+def test_the_monitor_runs_on_the_first_fraction_of_the_batch(fraction, images):
+    """Default 1/8: ceil(8 / 8) = 1 image; the logged clean accuracy is the (updated) model's on
+    exactly those."""
+    x, y = batch(6)
+    model = CountingModel(tiny_model(0), x)
+    kwargs = {} if fraction is None else dict(monitor_clean_fraction=fraction)
+    rm = robust(build("pgd_at", AttackConfig(eps=0.1, step_size=0.04, steps=2)), model, **kwargs)
+    logs = tf.function(rm.train_step)((x, y))
+    assert int(model.clean_inference_calls.numpy()) == 1 and int(model.clean_inference_images.numpy()) == images
+    predicted = np.argmax(model.inner(x[:images], training=False).numpy(), axis=1)
+    assert float(logs["clean_accuracy"]) == pytest.approx(np.mean(predicted == y.numpy()[:images]))
+
+
+def test_the_monitor_fraction_is_checked():
+    with pytest.raises(ValueError, match="monitor_clean_fraction"):
+        robust(build("pgd_at", AttackConfig(steps=1)), tiny_model(0), monitor_clean_fraction=0.0)
 
 
 def test_methods_that_see_x_report_clean_accuracy_without_the_extra_pass():

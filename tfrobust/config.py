@@ -25,6 +25,8 @@ DTYPES = ("float32", "float64")
 VERBOSITY = (0, 1, 2)
 # Attacks longer than this are almost always a typo; --allow_expensive lets them run.
 EXPENSIVE_ATTACK_STEPS = 1000
+# The share of each batch the clean-accuracy monitor runs on for methods that never see x.
+MONITOR_CLEAN_FRACTION = 0.125
 
 
 def _method_names() -> list[str]:
@@ -141,7 +143,12 @@ class TrainConfig:
     dtype: str = setting("float32", "Compute dtype of models, attacks, losses and input pipelines (float64: "
                          "for reference comparisons; not with mixed precision).", choices=DTYPES)
     monitor_clean: bool = setting(True, "Log clean training accuracy; for methods that never see x (pgd_at, atent) "
-                                  "it costs one inference pass per step (about 4% of a PGD-10 step).", resumable=True)
+                                  "it costs an inference pass on part of each batch (monitor_clean_fraction).",
+                                  resumable=True)
+    monitor_clean_fraction: float = setting(
+        MONITOR_CLEAN_FRACTION, "The share of each batch the clean-accuracy monitor of pgd_at and atent runs on "
+        "(its first images; 1: all, one inference pass per step, about 4% of a PGD-10 step).", low=0, high=1,
+        low_open=True, resumable=True)
     autotune: bool = setting(False, "tf.data autotuning (off by default: on 2-core hosts it can stall a core).")
     verbose: int | None = setting(None, "Keras verbosity: 1 progress bars, 2 a line per epoch; auto: Keras' "
                                   "choice.", choices=VERBOSITY, resumable=True)

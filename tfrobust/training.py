@@ -212,7 +212,8 @@ def _train(config: TrainConfig, method: methods.Method, extra_callbacks: Sequenc
         robust = RobustModel(classifier, method, weight_decay=config.weight_decay, seed=config.seed,
                              eval_attack=default_eval_attack(method.attack, config.eval_steps, config.eval_step_size),
                              eps_warmup_steps=round(config.eps_warmup_epochs * steps_per_epoch),
-                             weight_average=weight_average, monitor_clean=config.monitor_clean)
+                             weight_average=weight_average, monitor_clean=config.monitor_clean,
+                             monitor_clean_fraction=config.monitor_clean_fraction)
         jit = "auto" if config.jit_compile is None else config.jit_compile
         robust.compile(optimizer=build_optimizer(config, steps_per_epoch), jit_compile=jit)
         # The epoch's running metrics travel in mid-epoch checkpoints (checkpoints of earlier
