@@ -36,7 +36,7 @@ flags.DEFINE_bool("overwrite", False, "Replace this step's earlier result for th
 FLAGS = flags.FLAGS
 
 STAGES = ("apgd-ce", "apgd-t", "fab-t", "square")  # the official names, in AutoAttack's order
-LAYERS = ("conv1", "conv2", "conv3", "conv4", "fc1", "fc2", "fc3")
+LAYERS = ("conv1", "conv2", "conv3", "conv4", "fc1", "fc2", "fc3")  # small_cnn.TORCH_LAYERS (no TensorFlow here)
 
 
 def _tfrobust() -> None:
@@ -44,6 +44,7 @@ def _tfrobust() -> None:
     import tensorflow as tf
 
     from tfrobust import data, evaluation, models
+    from tfrobust.models import small_cnn
 
     with open(os.path.join(FLAGS.run, "config.json")) as f:
         config = json.load(f)
@@ -55,17 +56,7 @@ def _tfrobust() -> None:
     model = models.build_model("small_cnn", splits.image_shape, splits.num_classes)
     latest = tf.train.latest_checkpoint(os.path.join(FLAGS.run, "checkpoints"))
     tf.train.Checkpoint(model=model).restore(latest).expect_partial().assert_existing_objects_matched()
-    weights = {}
-    for name in LAYERS:
-        kernel, bias = (w.numpy() for w in model.get_layer(name).weights)
-        if kernel.ndim == 4:  # HWIO -> OIHW
-            kernel = kernel.transpose(3, 2, 0, 1)
-        else:
-            if name == "fc1":  # flatten order: Keras (h, w, c), PyTorch (c, h, w)
-                h, w, c = model.get_layer("flatten").input.shape[1:]
-                kernel = kernel.reshape(h, w, c, -1).transpose(2, 0, 1, 3).reshape(h * w * c, -1)
-            kernel = kernel.T
-        weights[f"{name}.weight"], weights[f"{name}.bias"] = kernel, bias
+    weights = small_cnn.to_torch_layout(model)
     logits = model.predict(x, batch_size=FLAGS.batch_size, verbose=0)
     saved = os.path.join(FLAGS.out, "model.npz")
     if os.path.exists(saved):  # the official results in --out belong to it: another model must not replace it

@@ -7,9 +7,10 @@ code github.com/yaodongyu/TRADES, ``models/small_cnn.py``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import keras
+import numpy as np
 
 from ._common import (
     check_min_size,
@@ -25,6 +26,9 @@ from ._common import (
 # conv3 (valid) x2, pool 2, conv3 (valid) x2, pool 2 must leave >= 1x1:
 # 16 -> 14 -> 12 -> 6 -> 4 -> 2 -> 1 (15 would give 0).
 MIN_INPUT_SIZE: int = 16
+# The layers with weights, named as in the reference's state_dict (`feature_extractor.conv1`, ...,
+# `classifier.fc3`, without the Sequential's prefix).
+TORCH_LAYERS: tuple[str, ...] = ("conv1", "conv2", "conv3", "conv4", "fc1", "fc2", "fc3")
 
 
 def build_small_cnn(
@@ -74,3 +78,45 @@ def build_small_cnn(
         num_classes, name="fc3", kernel_initializer="zeros", bias_initializer="zeros"
     )(x)
     return functional_model(inputs, logits, name="small_cnn")
+
+
+def _flatten_shape(model: keras.Model) -> tuple[int, int, int]:
+    h, w, c = model.get_layer("flatten").input.shape[1:]
+    return h, w, c
+
+
+def to_torch_layout(model: keras.Model) -> dict[str, np.ndarray]:
+    """The weights of a `build_small_cnn` model as the reference's SmallCNN holds them:
+    {"conv1.weight": [O, I, H, W], "conv1.bias": [O], ..., "fc1.weight": [out, in], ...}.
+
+    Conv kernels HWIO -> OIHW; dense kernels transposed; fc1's input order follows the flatten,
+    (h, w, c) in Keras and (c, h, w) in PyTorch (`features.view(-1, 64 * 4 * 4)`)."""
+    weights = {}
+    for name in TORCH_LAYERS:
+        kernel, bias = (np.asarray(w) for w in model.get_layer(name).get_weights())
+        if kernel.ndim == 4:
+            kernel = kernel.transpose(3, 2, 0, 1)
+        else:
+            if name == "fc1":
+                h, w, c = _flatten_shape(model)
+                kernel = kernel.reshape(h, w, c, -1).transpose(2, 0, 1, 3).reshape(h * w * c, -1)
+            kernel = kernel.T
+        weights[f"{name}.weight"], weights[f"{name}.bias"] = kernel, bias
+    return weights
+
+
+def from_torch_layout(model: keras.Model, weights: Mapping[str, np.ndarray]) -> None:
+    """Set a `build_small_cnn` model's weights from the reference SmallCNN's (`to_torch_layout`'s
+    layout; a `state_dict` with its `feature_extractor.` / `classifier.` prefixes stripped), in the
+    model's dtype. The inverse of `to_torch_layout`."""
+    for name in TORCH_LAYERS:
+        kernel, bias = np.asarray(weights[f"{name}.weight"]), np.asarray(weights[f"{name}.bias"])
+        if kernel.ndim == 4:
+            kernel = kernel.transpose(2, 3, 1, 0)
+        else:
+            kernel = kernel.T
+            if name == "fc1":
+                h, w, c = _flatten_shape(model)
+                kernel = kernel.reshape(c, h, w, -1).transpose(1, 2, 0, 3).reshape(h * w * c, -1)
+        layer = model.get_layer(name)
+        layer.set_weights([kernel.astype(layer.kernel.dtype), bias.astype(layer.bias.dtype)])
