@@ -3,13 +3,18 @@ the plain TensorFlow loop (`harness.baseline_step`), each compiled on its own an
 process, interleaved (every repeat times every part once), on ready tensors.
 
     python benchmarks/profile_step.py --model=small_cnn --attack_steps=10 --repeats=5
+    python benchmarks/profile_step.py --model=lenet5 --attack_steps=20 --parts=train_step,baseline \
+        --ratios="atent train_step (default)/pgd_at train_step (default)"
 
-Prints the median milliseconds per call of each part and the host's load average. A diagnostic
-beside the benchmark, not part of the library.
+Prints the median milliseconds per call of each part and the host's load average, and for each
+`--ratios` pair A/B the median and range of A's time over B's, each ratio taken within one repeat
+(both parts timed back to back, so a change in the machine's load moves both). A diagnostic beside
+the benchmark, not part of the library.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import statistics
 import time
@@ -26,6 +31,10 @@ flags.DEFINE_enum("model", "small_cnn", list(harness.PRESETS), "Model (synthetic
 flags.DEFINE_integer("attack_steps", 10, "PGD / Langevin steps.", lower_bound=1)
 flags.DEFINE_integer("steps", 3, "Calls per part per repeat.", lower_bound=1)
 flags.DEFINE_integer("repeats", 5, "Interleaved repeats; the median is printed.", lower_bound=1)
+flags.DEFINE_list("parts", [], "Time only the parts whose name contains one of these strings (default: all; the "
+                  "parts named by --ratios are always timed).")
+flags.DEFINE_list("ratios", [], "Pairs A/B of part-name substrings (each naming one part): print the median and "
+                  "range over repeats of A's time over B's.")
 flags.DEFINE_list("ops", [], "Instead of timing: for each part whose name contains one of these strings, run it "
                   "under the TensorFlow profiler and print per op type the executions and milliseconds per call.")
 
@@ -44,18 +53,24 @@ def parts(model_name: str, steps: int) -> dict:
     shape, batch = harness.PRESETS[model_name]
     classifier = models.build_model(model_name, shape, 10, seed=0)
     attack = methods.AttackConfig(eps=0.1, step_size=0.025, steps=steps)
+    # ATENT attacks in train mode, as its reference does (what --attack_bn_mode=auto takes)
+    atent_attack = dataclasses.replace(attack, bn_mode=methods.get("atent").reference_bn_mode)
     r = np.random.default_rng(0)
     x = tf.constant(r.random((batch, *shape), np.float32))
     y = tf.constant(r.integers(0, 10, batch).astype(np.int32))
 
-    def robust(name, options=None, monitor=True):
-        m = RobustModel(classifier, methods.build(name, attack, options), monitor_clean=monitor)
+    def robust(name, options=None, **kwargs):
+        m = RobustModel(classifier, methods.build(name, atent_attack if name == "atent" else attack, options),
+                        **kwargs)
         m.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9))
         return m
 
-    pgd_on, pgd_off = robust("pgd_at"), robust("pgd_at", monitor=False)
-    atent_full = robust("atent", {"atent_tolerance": 0.0}, monitor=False)
-    atent_cut = robust("atent", monitor=False)
+    pgd_default, pgd_off = robust("pgd_at"), robust("pgd_at", monitor_clean=False)
+    pgd_all = robust("pgd_at", monitor_clean_fraction=1.0)
+    atent_default = robust("atent")
+    atent_two = robust("atent", {"atent_shared_forward": False})
+    atent_passes = "shared pass" if atent_default.method.shares_forward(classifier) else "two passes"
+    atent_reference = robust("atent", {"atent_shared_forward": False, "atent_tolerance": 0.0})
     baseline, _ = harness.baseline_step(classifier, keras.optimizers.SGD(0.01, momentum=0.9), attack, False)
     ctx = StepContext(classifier, tf.constant([1, 2], tf.int64))
     variables = classifier.trainable_variables
@@ -114,11 +129,14 @@ def parts(model_name: str, steps: int) -> dict:
         "plain update (tape + SGD on x)": plain_update,
         "tfrobust update (_differentiate + apply on x)": tfrobust_update,
         "clean inference forward": lambda: classifier(x, training=False),
-        "pgd_at train_step, monitor on": lambda: pgd_on.train_step((x, y))["loss"],
+        "pgd_at train_step (default)": lambda: pgd_default.train_step((x, y))["loss"],
+        "pgd_at train_step, monitor on every image": lambda: pgd_all.train_step((x, y))["loss"],
         "pgd_at train_step, monitor off": lambda: pgd_off.train_step((x, y))["loss"],
         "pgd_at gradients + apply (no metrics)": without_metrics(pgd_off),
-        "atent train_step, tolerance 0, monitor off": lambda: atent_full.train_step((x, y))["loss"],
-        "atent train_step, default tolerance, monitor off": lambda: atent_cut.train_step((x, y))["loss"],
+        f"atent train_step (default: {atent_passes})": lambda: atent_default.train_step((x, y))["loss"],
+        "atent train_step, two passes": lambda: atent_two.train_step((x, y))["loss"],
+        "atent train_step, two passes, tolerance 0 (the reference's form)":
+            lambda: atent_reference.train_step((x, y))["loss"],
     }
 
 
@@ -171,10 +189,34 @@ def print_op_profiles(compiled: dict, wanted: list[str]) -> None:
                                       for p in profiles.values()) + " |")
 
 
+def ratio_pairs(names: list[str], specs: list[str]) -> list[tuple[str, str]]:
+    """The (A, B) part names of each `--ratios` entry 'a/b', each substring naming exactly one part."""
+    def one(text: str) -> str:
+        found = [n for n in names if text in n]
+        if len(found) != 1:
+            raise ValueError(f"--ratios: {text!r} names {len(found)} parts, not one: {found or names}")
+        return found[0]
+
+    pairs = []
+    for spec in specs:
+        if spec.count("/") != 1:
+            raise ValueError(f"--ratios entries are A/B, got {spec!r}")
+        a, b = spec.split("/")
+        pairs.append((one(a), one(b)))
+    return pairs
+
+
 def main(argv):
     import tensorflow as tf  # noqa: PLC0415
 
-    compiled = {name: tf.function(fn) for name, fn in parts(FLAGS.model, FLAGS.attack_steps).items()}
+    every = parts(FLAGS.model, FLAGS.attack_steps)
+    try:
+        pairs = ratio_pairs(list(every), FLAGS.ratios)
+    except ValueError as e:
+        cli.fail("profile_step.py", e)
+    wanted = {n for pair in pairs for n in pair}
+    chosen = {n: fn for n, fn in every.items() if not FLAGS.parts or n in wanted or any(p in n for p in FLAGS.parts)}
+    compiled = {name: tf.function(fn) for name, fn in chosen.items()}
     for fn in compiled.values():  # trace, and one untimed call
         tf.nest.map_structure(lambda t: t.numpy(), fn())
         tf.nest.map_structure(lambda t: t.numpy(), fn())
@@ -196,6 +238,11 @@ def main(argv):
     print("| part | ms per call (median) | min-max |\n| --- | ---: | --- |")
     for name, t in times.items():
         print(f"| {name} | {statistics.median(t):.1f} | {min(t):.1f}-{max(t):.1f} |")
+    if pairs:
+        print("\n| time ratio (within each repeat) | median | min-max |\n| --- | ---: | --- |")
+    for a, b in pairs:
+        r = [ta / tb for ta, tb in zip(times[a], times[b])]
+        print(f"| {a} / {b} | {statistics.median(r):.2f} | {min(r):.2f}-{max(r):.2f} |")
 
 
 if __name__ == "__main__":
