@@ -96,29 +96,27 @@ def main(argv: list[str]) -> None:
             fail(f"run {run_dir!r} is in use by {holder}: its model can be evaluated, but not into the run; "
                  "pass --output_dir elsewhere")
     with cli.native_stderr_captured():
-        import keras
-
-        from tfrobust import data, export
+        from tfrobust import data, export, precision
     try:
         files.check_output_dir(out, evaluation.REPORT_FILES, FLAGS.overwrite, what="--output_dir")
     except TfrobustError as e:
         fail(e)
-    keras.config.set_floatx(FLAGS.dtype or run_settings.get("dtype", "float32"))
-    try:
-        sequential = not FLAGS.attacks and FLAGS.suite in evaluation.SEQUENTIAL_SUITES
-        logits_fn = export.load_logits_fn(source.savedmodel)  # a damaged SavedModel: ExportError, one line
-        dataset = FLAGS.dataset or run_settings.get("dataset", "digits")
-        splits = data.load(dataset, data_dir=FLAGS.data_dir or run_settings.get("data_dir"))
-        expected = logits_fn.input_shape
-        if expected is not None and tuple(splits.image_shape) != tuple(expected):
-            fail(f"dataset {dataset} has images of shape {splits.image_shape}, the model takes {expected}")
-        report = evaluation.robust_accuracy(
-            logits_fn, (splits.x_test, splits.y_test), attacks=specs, eps_values=eps_values, norm=norm,
-            batch_size=FLAGS.batch_size, limit=FLAGS.examples or None, seed=FLAGS.seed,
-            checks="all" if FLAGS.checks == "all" else None, sequential=sequential,
-            model_path=FLAGS.model, dataset=dataset, verbose=FLAGS.verbose)
-    except (TfrobustError, ValueError) as e:
-        fail(e)
+    with precision.floatx(FLAGS.dtype or run_settings.get("dtype", "float32")):
+        try:
+            sequential = not FLAGS.attacks and FLAGS.suite in evaluation.SEQUENTIAL_SUITES
+            logits_fn = export.load_logits_fn(source.savedmodel)  # a damaged SavedModel: ExportError, one line
+            dataset = FLAGS.dataset or run_settings.get("dataset", "digits")
+            splits = data.load(dataset, data_dir=FLAGS.data_dir or run_settings.get("data_dir"))
+            expected = logits_fn.input_shape
+            if expected is not None and tuple(splits.image_shape) != tuple(expected):
+                fail(f"dataset {dataset} has images of shape {splits.image_shape}, the model takes {expected}")
+            report = evaluation.robust_accuracy(
+                logits_fn, (splits.x_test, splits.y_test), attacks=specs, eps_values=eps_values, norm=norm,
+                batch_size=FLAGS.batch_size, limit=FLAGS.examples or None, seed=FLAGS.seed,
+                checks="all" if FLAGS.checks == "all" else None, sequential=sequential,
+                model_path=FLAGS.model, dataset=dataset, verbose=FLAGS.verbose)
+        except (TfrobustError, ValueError) as e:
+            fail(e)
     try:
         report.save(out)  # each file atomically: a failed write leaves no partial report
     except OSError as e:
