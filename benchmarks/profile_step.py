@@ -4,7 +4,7 @@ process, interleaved (every repeat times every part once), on ready tensors.
 
     python benchmarks/profile_step.py --model=small_cnn --attack_steps=10 --repeats=5
     python benchmarks/profile_step.py --model=lenet5 --attack_steps=20 --parts=train_step,baseline \
-        --ratios="atent train_step (default)/pgd_at train_step (default)"
+        --ratios="atent train_step (default/pgd_at train_step (default" --ratios="pgd_at train_step (default/baseline"
 
 Prints the median milliseconds per call of each part and the host's load average, and for each
 `--ratios` pair A/B the median and range of A's time over B's, each ratio taken within one repeat
@@ -33,8 +33,8 @@ flags.DEFINE_integer("steps", 3, "Calls per part per repeat.", lower_bound=1)
 flags.DEFINE_integer("repeats", 5, "Interleaved repeats; the median is printed.", lower_bound=1)
 flags.DEFINE_list("parts", [], "Time only the parts whose name contains one of these strings (default: all; the "
                   "parts named by --ratios are always timed).")
-flags.DEFINE_list("ratios", [], "Pairs A/B of part-name substrings (each naming one part): print the median and "
-                  "range over repeats of A's time over B's.")
+flags.DEFINE_multi_string("ratios", [], "A/B, two part-name substrings each naming one part (repeatable): print "
+                          "the median and range over repeats of A's time over B's.")
 flags.DEFINE_list("ops", [], "Instead of timing: for each part whose name contains one of these strings, run it "
                   "under the TensorFlow profiler and print per op type the executions and milliseconds per call.")
 
