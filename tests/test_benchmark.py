@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfrobust import methods, models, training
+from tfrobust import losses, methods, models, training
+from tfrobust.attacks import gradients, objectives
 from tfrobust.methods.base import StepContext
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -203,3 +204,30 @@ def test_trades_attack_moves_every_example_under_mixed_float16(digits, float32_p
     # In float32 the same attack moves every example (measured: 100%); in mixed_float16 without the
     # per-example rescale in attacks.gradients.input_gradient, about 32%.
     assert moved.mean() > 0.95, moved.mean()
+
+
+def test_attack_gradients_keep_their_sign_under_mixed_bfloat16(digits, float32_policy):
+    """bfloat16 has float32's exponent range (no underflow, so no rescale) but an 8-bit significand:
+    the CE input gradient of the same confident weights is nonzero for every example and keeps the
+    float32 sign on almost every component (measured: 99.2% of them; mixed_float16 with its rescale
+    99.9%), at the float32 scale (median ratio 1.0)."""
+    x = tf.constant(np.asarray(digits.x_train[:256], np.float32))
+    y = tf.constant(digits.y_train[:256].astype(np.int32))
+    grads = {}
+    weights = None
+    for policy in ("float32", "mixed_bfloat16"):
+        keras.mixed_precision.set_global_policy(policy)
+        classifier = models.build_model("tiny_cnn", digits.image_shape, 10, mean=digits.mean, std=digits.std, seed=0)
+        if weights is None:
+            classifier.compile(optimizer=keras.optimizers.Adam(3e-3),
+                               loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+            classifier.fit(x, y, epochs=15, batch_size=32, verbose=0)  # confident: tiny gradients
+            weights = classifier.get_weights()
+        classifier.set_weights(weights)
+        g, _, _ = gradients.input_gradient(lambda t, c=classifier: losses.as_float(c(t, training=False)),
+                                           objectives.cross_entropy, x, y)
+        grads[policy] = g.numpy().reshape(len(x), -1)
+    f, b = grads["float32"], grads["mixed_bfloat16"]
+    assert (np.abs(b).max(axis=1) > 0).all()
+    assert (np.sign(b) == np.sign(f))[f != 0].mean() > 0.98
+    assert 0.5 < np.median(np.abs(b).max(axis=1) / np.abs(f).max(axis=1)) < 2
