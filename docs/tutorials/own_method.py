@@ -71,7 +71,7 @@ import dataclasses
 
 import tensorflow as tf
 
-from tfrobust import methods
+from tfrobust import losses, methods
 from tfrobust.settings import setting
 
 
@@ -91,9 +91,8 @@ class PgdAtSmooth(methods.Method):
 
     def loss(self, ctx, x, y, x_adv):
         logits = ctx.logits(x_adv, training=True)
-        log_p = tf.nn.log_softmax(logits)
-        adv_ce = -tf.gather(log_p, tf.cast(y, tf.int32), axis=1, batch_dims=1)
-        uniform_ce = -tf.reduce_mean(log_p, axis=1)
+        adv_ce = losses.cross_entropy(logits, y)  # the library's per-example CE
+        uniform_ce = -tf.reduce_mean(tf.nn.log_softmax(logits), axis=1)
         return methods.LossOutput(per_example=(1 - self.smoothing) * adv_ce + self.smoothing * uniform_ce,
                                   terms={"adv_ce": adv_ce, "uniform_ce": uniform_ce}, adv_logits=logits)
 

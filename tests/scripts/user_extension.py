@@ -14,6 +14,7 @@ from tfrobust.settings import setting
 
 tf = lazy_import("tensorflow")
 keras = lazy_import("keras")
+losses = lazy_import("tfrobust.losses")
 
 
 @methods.register
@@ -33,9 +34,8 @@ class PgdAtSmooth(methods.Method):
 
     def loss(self, ctx, x, y, x_adv):
         logits = ctx.logits(x_adv, training=True)
-        log_p = tf.nn.log_softmax(logits)
-        ce = -tf.gather(log_p, tf.cast(y, tf.int32), axis=1, batch_dims=1)
-        smooth = -tf.reduce_mean(log_p, axis=1)
+        ce = losses.cross_entropy(logits, y)  # the library's per-example CE
+        smooth = -tf.reduce_mean(tf.nn.log_softmax(logits), axis=1)
         return methods.LossOutput(per_example=(1 - self.smoothing) * ce + self.smoothing * smooth,
                                   terms={"adv_ce": ce, "smooth": smooth}, adv_logits=logits)
 
